@@ -1,0 +1,526 @@
+"""Drop-in replacements for the recurrent layers of *Deep Learning from Scratch 2*.
+
+Each class has the book's constructor, ``params``/``grads`` lists and methods, and gives the
+same numbers as :mod:`fastrnn.reference`, but runs the whole time loop of the forward pass
+and of BPTT in one compiled kernel (:mod:`fastrnn._kernels`).
+
+What the classes guarantee, so that the book's trainers and optimizers keep working:
+
+* ``params`` holds the caller's arrays, never copies: an optimizer may update them in place
+  between calls, and the next call uses the new values.
+* ``grads`` are allocated once, with the parameters' shapes, and written in place.
+* ``forward`` returns a fresh array every call; ``h`` (and ``c``) are fresh arrays too.
+* Inputs may be any strided view and any real float dtype; the work is done in the
+  parameters' dtype (float32 or float64).
+* Every argument is checked before any kernel runs; a layer that raised stays usable.
+
+Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``H`` hidden size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _kernels as kernels
+from ._validation import (
+    check_grads,
+    check_params,
+    check_sequence,
+    check_state,
+    check_step,
+    require_array,
+    require_float,
+)
+
+__all__ = ["RNN", "LSTM", "GRU", "TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM"]
+
+
+class _Workspace:
+    """Named, grow-only scratch buffers.
+
+    ``take`` returns a C-contiguous view of the requested shape. A buffer is reallocated
+    only when it must grow (or the dtype changes), so alternating between a large and a
+    small batch does not allocate on every call.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.size < size:
+            buffer = np.empty(max(size, 1), dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+
+# --------------------------------------------------------------------------------------
+# Recurrences: one per cell type. They own the workspaces and the saved activations, and
+# are the only code that calls the kernels. Arguments arrive already validated.
+# --------------------------------------------------------------------------------------
+
+
+class _Recurrence:
+    """Runs one cell type over a time-major sequence, keeping what BPTT needs."""
+
+    gates = 1
+    has_cell_state = False
+
+    def __init__(self):
+        self.ws = _Workspace()
+        self.saved = None  # what the last forward left for backward
+
+    def forward(self, xs, Wx, Wh, b, h0, c0):
+        """Run the sequence ``xs`` (N, T, D), starting from ``h0`` (and ``c0``).
+
+        ``h0``/``c0`` may be None for zeros. Returns the time-major states ``(T, N, H)``
+        and the final ``h`` and ``c`` (None without a cell state), all workspace views.
+        """
+        N, T, D = xs.shape
+        H = Wh.shape[0]
+        dtype = Wx.dtype
+        ws = self.ws
+        xs_tm = ws.take("xs", (T, N, D), dtype)
+        np.copyto(xs_tm, xs.transpose(1, 0, 2), casting="same_kind")
+        h_hist = ws.take("h_hist", (T + 1, N, H), dtype)
+        _set_initial(h_hist[0], h0)
+        c_hist = None
+        if self.has_cell_state:
+            c_hist = ws.take("c_hist", (T + 1, N, H), dtype)
+            _set_initial(c_hist[0], c0)
+        activations = self._run_forward(xs_tm, h_hist, c_hist, Wx, Wh, b)
+        self.saved = dict(xs=xs_tm, h_hist=h_hist, c_hist=c_hist, Wx=Wx, Wh=Wh, b=b,
+                          activations=activations)
+        return h_hist[1:], h_hist[T], (None if c_hist is None else c_hist[T])
+
+    def backward(self, dhs, grads, dh_last, dc_last):
+        """Backpropagate ``dhs`` (N, T, H) through the last forward.
+
+        ``grads`` receive the parameter gradients in place. ``dh_last``/``dc_last`` are
+        gradients arriving at the final state (None for zeros). Returns ``dxs`` time-major
+        (T, N, D) and the gradients of the initial ``h`` and ``c``, as workspace views.
+        """
+        saved = self.saved
+        xs_tm, Wx, Wh = saved["xs"], saved["Wx"], saved["Wh"]
+        T, N, D = xs_tm.shape
+        H = Wh.shape[0]
+        dtype = Wx.dtype
+        ws = self.ws
+        dhs_tm = ws.take("dhs", (T, N, H), dtype)
+        np.copyto(dhs_tm, dhs.transpose(1, 0, 2), casting="same_kind")
+        dxs_tm = ws.take("dxs", (T, N, D), dtype)
+        dh = ws.take("dh", (N, H), dtype)
+        _set_initial(dh, dh_last)
+        dc = None
+        if self.has_cell_state:
+            dc = ws.take("dc", (N, H), dtype)
+            _set_initial(dc, dc_last)
+        # Kernels write straight into grads[i] when it has the right layout and dtype
+        # (always, unless a caller replaced it); otherwise into scratch, copied after.
+        targets = [
+            g if g.dtype == dtype and g.flags.c_contiguous else ws.take(f"grad{i}", g.shape, dtype)
+            for i, g in enumerate(grads)
+        ]
+        self._run_backward(dxs_tm, targets, dh, dc, dhs_tm, saved)
+        for g, target in zip(grads, targets, strict=True):
+            if target is not g:
+                g[...] = target
+        return dxs_tm, dh, dc
+
+    def saved_params(self):
+        """The parameter arrays the last forward used, which backward will use too."""
+        return [self.saved[name] for name in ("Wx", "Wh", "b")]
+
+    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b):
+        raise NotImplementedError
+
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+        raise NotImplementedError
+
+
+def _set_initial(buffer, value):
+    if value is None:
+        buffer.fill(0)
+    else:
+        np.copyto(buffer, value, casting="same_kind")
+
+
+class _RNNRecurrence(_Recurrence):
+    gates = 1
+
+    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b):
+        kernels.rnn_forward(h_hist, xs_tm, Wx, Wh, b)
+        return {}
+
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+        # dhs_tm becomes the pre-activation gradient in place: it is refilled every call.
+        kernels.rnn_backward(dxs_tm, *grads, dh, dhs_tm, saved["h_hist"], saved["xs"],
+                             saved["Wx"], saved["Wh"])
+
+
+class _LSTMRecurrence(_Recurrence):
+    gates = 4
+    has_cell_state = True
+
+    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b):
+        T, N, _ = xs_tm.shape
+        H = Wh.shape[0]
+        gates = self.ws.take("gates", (T, N, 4 * H), Wx.dtype)
+        tanh_c = self.ws.take("tanh_c", (T, N, H), Wx.dtype)
+        kernels.lstm_forward(gates, c_hist, tanh_c, h_hist, xs_tm, Wx, Wh, b)
+        return dict(gates=gates, tanh_c=tanh_c)
+
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+        act = saved["activations"]
+        dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
+        kernels.lstm_backward(dxs_tm, *grads, dh, dc, dA, dhs_tm, act["gates"],
+                              saved["c_hist"], act["tanh_c"], saved["h_hist"], saved["xs"],
+                              saved["Wx"], saved["Wh"])
+
+
+class _GRURecurrence(_Recurrence):
+    gates = 3
+
+    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b):
+        T, N, _ = xs_tm.shape
+        H = Wh.shape[0]
+        gates = self.ws.take("gates", (T, N, 3 * H), Wx.dtype)
+        rh = self.ws.take("rh", (T, N, H), Wx.dtype)
+        kernels.gru_forward(gates, rh, h_hist, xs_tm, Wx, Wh, b)
+        return dict(gates=gates, rh=rh)
+
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+        act = saved["activations"]
+        dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
+        dhr = self.ws.take("dhr", dh.shape, dh.dtype)
+        kernels.gru_backward(dxs_tm, *grads, dh, dhr, dA, dhs_tm, act["gates"], act["rh"],
+                             saved["h_hist"], saved["xs"], saved["Wx"], saved["Wh"])
+
+
+def _to_batch_major(tm):
+    """A fresh C-contiguous (N, T, .) copy of a time-major (T, N, .) buffer."""
+    return np.ascontiguousarray(tm.transpose(1, 0, 2))
+
+
+# --------------------------------------------------------------------------------------
+# Time layers
+# --------------------------------------------------------------------------------------
+
+
+class _TimeLayer:
+    """``forward``/``backward`` over whole sequences, with the book's stateful semantics."""
+
+    _recurrence = _Recurrence
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        check_params([Wx, Wh, b], self._recurrence.gates, type(self).__name__)
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros(p.shape, dtype=p.dtype) for p in self.params]
+        self.h = None
+        self.dh = None
+        self.stateful = stateful
+        self._engine = self._recurrence()
+        self._last_shape = None  # (N, T, H) of the last forward, which backward must match
+        if self._engine.has_cell_state:
+            self.c = None
+
+    def set_state(self, h):
+        """Set the hidden state used by the next stateful ``forward``: ``h`` (N, H)."""
+        H = check_params(self.params, self._recurrence.gates, type(self).__name__)[1].shape[0]
+        check_state("h", h, None, H)
+        self.h = h
+
+    def reset_state(self):
+        """Forget the hidden state: the next ``forward`` starts from zeros."""
+        self.h = None
+        if self._engine.has_cell_state:
+            self.c = None
+
+    def _check_forward(self, xs):
+        """Validate a forward call; return what it needs. Changes nothing."""
+        Wx, Wh, b = check_params(self.params, self._recurrence.gates, type(self).__name__)
+        D, H = Wx.shape[0], Wh.shape[0]
+        N, T = check_sequence("xs", xs, D, "D")
+        h0 = c0 = None
+        if self.stateful:
+            hint = "; call reset_state() when the batch size changes"
+            if self.h is not None:
+                check_state("h", self.h, N, H, hint)
+                h0 = self.h
+            if self._engine.has_cell_state and self.c is not None:
+                check_state("c", self.c, N, H, hint)
+                c0 = self.c
+        return xs, Wx, Wh, b, h0, c0
+
+    def _run_forward(self, xs, Wx, Wh, b, h0, c0):
+        hs_tm, h_last, c_last = self._engine.forward(xs, Wx, Wh, b, h0, c0)
+        self.h = h_last.copy()
+        if c_last is not None:
+            self.c = c_last.copy()
+        self._last_shape = hs_tm.shape[1], hs_tm.shape[0], hs_tm.shape[2]
+        return _to_batch_major(hs_tm)
+
+    def forward(self, xs):
+        """Run the layer over a batch of sequences.
+
+        Parameters
+        ----------
+        xs : (N, T, D) array
+            Any real float dtype and any strides; computed in the parameters' dtype.
+
+        Returns
+        -------
+        hs : (N, T, H) array
+            The hidden state after every step, a fresh array in the parameters' dtype.
+        """
+        return self._run_forward(*self._check_forward(xs))
+
+    def _check_backward(self, dhs, width_factor=1):
+        """Validate a backward call against the last forward. Changes nothing."""
+        if self._last_shape is None:
+            raise ValueError(f"{type(self).__name__}.backward() called before forward()")
+        N, T, H = self._last_shape
+        check_grads(self.grads, self._engine.saved_params())
+        require_array("dhs", dhs)
+        require_float("dhs", dhs)
+        expected = (N, T, H * width_factor)
+        if dhs.shape != expected:
+            raise ValueError(
+                f"dhs must have the shape of the last forward's output {expected}, "
+                f"got {dhs.shape}"
+            )
+        return dhs
+
+    def _run_backward(self, dhs):
+        dxs_tm, dh, _ = self._engine.backward(dhs, self.grads, None, None)
+        self.dh = dh.copy()
+        return _to_batch_major(dxs_tm)
+
+    def backward(self, dhs):
+        """Backpropagate through the last ``forward``.
+
+        Parameters
+        ----------
+        dhs : (N, T, H) array
+            Gradient of the loss with respect to ``hs``.
+
+        Returns
+        -------
+        dxs : (N, T, D) array
+            Gradient with respect to ``xs``. ``grads`` are overwritten in place with the
+            parameter gradients, and ``dh`` (N, H) is the gradient of the initial state.
+        """
+        return self._run_backward(self._check_backward(dhs))
+
+
+class TimeRNN(_TimeLayer):
+    """A plain RNN over ``T`` steps: ``h_t = tanh(h_{t-1} @ Wh + x_t @ Wx + b)``.
+
+    Parameters
+    ----------
+    Wx : (D, H) array
+    Wh : (H, H) array
+    b : (H,) array
+        float32 or float64, one dtype. Kept by reference in ``params``.
+    stateful : bool
+        Carry ``h`` from one ``forward`` call to the next.
+    """
+
+    _recurrence = _RNNRecurrence
+
+
+class TimeGRU(_TimeLayer):
+    """A GRU over ``T`` steps, gates ``z, r, h~`` as in the book.
+
+    ``z = σ(x@Wxz + h@Whz + bz)``, ``r = σ(x@Wxr + h@Whr + br)``,
+    ``h~ = tanh(x@Wxh + (r*h)@Whh + bh)``, ``h_next = (1 - z) * h + z * h~``.
+
+    Parameters
+    ----------
+    Wx : (D, 3H) array
+    Wh : (H, 3H) array
+    b : (3H,) array
+        float32 or float64, one dtype. Kept by reference in ``params``.
+    stateful : bool
+        Carry ``h`` from one ``forward`` call to the next.
+    """
+
+    _recurrence = _GRURecurrence
+
+
+class TimeLSTM(_TimeLayer):
+    """An LSTM over ``T`` steps, gates packed ``f, g, i, o`` as in the book.
+
+    Parameters
+    ----------
+    Wx : (D, 4H) array
+    Wh : (H, 4H) array
+    b : (4H,) array
+        float32 or float64, one dtype. Kept by reference in ``params``.
+    stateful : bool
+        Carry ``h`` and ``c`` from one ``forward`` call to the next.
+
+    Attributes
+    ----------
+    h, c : (N, H) arrays or None
+        The hidden and cell state after the last ``forward``.
+    dh : (N, H) array or None
+        Gradient of the initial hidden state, after ``backward``.
+    """
+
+    _recurrence = _LSTMRecurrence
+
+    def set_state(self, h, c=None):
+        """Set the states used by the next stateful ``forward``; a missing ``c`` means zeros."""
+        H = check_params(self.params, 4, type(self).__name__)[1].shape[0]
+        check_state("h", h, None, H)
+        if c is not None:
+            check_state("c", c, h.shape[0], H)
+        self.h, self.c = h, c
+
+
+class TimeBiLSTM:
+    """Two LSTMs over the same sequence, one forwards and one backwards in time.
+
+    Parameters
+    ----------
+    Wx1, Wh1, b1 : arrays
+        Parameters of the forward LSTM: (D, 4H), (H, 4H), (4H,).
+    Wx2, Wh2, b2 : arrays
+        Parameters of the backward LSTM, same shapes.
+    stateful : bool
+        Passed to both LSTMs.
+
+    Notes
+    -----
+    ``forward`` returns ``hs`` (N, T, 2H): ``hs[..., :H]`` from the forward LSTM and
+    ``hs[..., H:]`` from the backward one, re-aligned so that ``hs[:, t]`` belongs to step
+    ``t``. ``params`` and ``grads`` are the two LSTMs' lists joined.
+    """
+
+    def __init__(self, Wx1, Wh1, b1, Wx2, Wh2, b2, stateful=False):
+        self.forward_lstm = TimeLSTM(Wx1, Wh1, b1, stateful)
+        self.backward_lstm = TimeLSTM(Wx2, Wh2, b2, stateful)
+        self.params = self.forward_lstm.params + self.backward_lstm.params
+        self.grads = self.forward_lstm.grads + self.backward_lstm.grads
+
+    def forward(self, xs):
+        """``xs`` (N, T, D) -> ``hs`` (N, T, 2H), a fresh array."""
+        # Validate both directions before running either, so an error changes nothing.
+        forward_args = self.forward_lstm._check_forward(xs)
+        backward_args = self.backward_lstm._check_forward(xs[:, ::-1])
+        if forward_args[2].shape != backward_args[2].shape:
+            raise ValueError(
+                f"Wh1 {forward_args[2].shape} and Wh2 {backward_args[2].shape} must have "
+                "the same shape"
+            )
+        o1 = self.forward_lstm._run_forward(*forward_args)
+        o2 = self.backward_lstm._run_forward(*backward_args)
+        return np.concatenate((o1, o2[:, ::-1]), axis=2)
+
+    def backward(self, dhs):
+        """``dhs`` (N, T, 2H) -> ``dxs`` (N, T, D); sets ``grads``."""
+        dhs = self.forward_lstm._check_backward(dhs, width_factor=2)
+        self.backward_lstm._check_backward(dhs[:, :, : dhs.shape[2] // 2])
+        H = dhs.shape[2] // 2
+        dxs1 = self.forward_lstm._run_backward(dhs[:, :, :H])
+        dxs2 = self.backward_lstm._run_backward(dhs[:, ::-1, H:])
+        dxs1 += dxs2[:, ::-1]
+        return dxs1
+
+    def reset_state(self):
+        """Forget both LSTMs' states."""
+        self.forward_lstm.reset_state()
+        self.backward_lstm.reset_state()
+
+
+# --------------------------------------------------------------------------------------
+# Single-step cells
+# --------------------------------------------------------------------------------------
+
+
+class _StepLayer:
+    """One time step with the book's cell API, on the same kernels with ``T = 1``."""
+
+    _recurrence = _Recurrence
+
+    def __init__(self, Wx, Wh, b):
+        check_params([Wx, Wh, b], self._recurrence.gates, type(self).__name__)
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros(p.shape, dtype=p.dtype) for p in self.params]
+        self._engine = self._recurrence()
+        self._last_n = None
+
+    def _step_forward(self, x, h_prev, c_prev=None):
+        Wx, Wh, b = check_params(self.params, self._recurrence.gates, type(self).__name__)
+        D, H = Wx.shape[0], Wh.shape[0]
+        N = check_step("x", x, D, "D")
+        check_state("h_prev", h_prev, N, H)
+        if self._engine.has_cell_state:
+            check_state("c_prev", c_prev, N, H)
+        _, h_next, c_next = self._engine.forward(x[:, None, :], Wx, Wh, b, h_prev, c_prev)
+        self._last_n = N
+        return h_next.copy(), (None if c_next is None else c_next.copy())
+
+    def _step_backward(self, dh_next, dc_next=None):
+        if self._last_n is None:
+            raise ValueError(f"{type(self).__name__}.backward() called before forward()")
+        check_grads(self.grads, self._engine.saved_params())
+        H = self._engine.saved["Wh"].shape[0]
+        check_state("dh_next", dh_next, self._last_n, H)
+        if self._engine.has_cell_state:
+            check_state("dc_next", dc_next, self._last_n, H)
+        # The step's output gradient arrives as dhs; nothing flows in from a later step.
+        dxs_tm, dh_prev, dc_prev = self._engine.backward(
+            dh_next[:, None, :], self.grads, None, dc_next
+        )
+        return dxs_tm[0].copy(), dh_prev.copy(), (None if dc_prev is None else dc_prev.copy())
+
+
+class RNN(_StepLayer):
+    """One plain RNN step: ``h_next = tanh(h_prev @ Wh + x @ Wx + b)``.
+
+    Parameters
+    ----------
+    Wx : (D, H) array
+    Wh : (H, H) array
+    b : (H,) array
+    """
+
+    _recurrence = _RNNRecurrence
+
+    def forward(self, x, h_prev):
+        """``x`` (N, D), ``h_prev`` (N, H) -> ``h_next`` (N, H)."""
+        return self._step_forward(x, h_prev)[0]
+
+    def backward(self, dh_next):
+        """``dh_next`` (N, H) -> ``(dx (N, D), dh_prev (N, H))``; sets ``grads``."""
+        dx, dh_prev, _ = self._step_backward(dh_next)
+        return dx, dh_prev
+
+
+class GRU(RNN):
+    """One GRU step (gates ``z, r, h~``): ``Wx`` (D, 3H), ``Wh`` (H, 3H), ``b`` (3H,)."""
+
+    _recurrence = _GRURecurrence
+
+
+class LSTM(_StepLayer):
+    """One LSTM step (gates ``f, g, i, o``): ``Wx`` (D, 4H), ``Wh`` (H, 4H), ``b`` (4H,)."""
+
+    _recurrence = _LSTMRecurrence
+
+    def forward(self, x, h_prev, c_prev):
+        """``x`` (N, D), ``h_prev``, ``c_prev`` (N, H) -> ``(h_next, c_next)``, each (N, H)."""
+        return self._step_forward(x, h_prev, c_prev)
+
+    def backward(self, dh_next, dc_next):
+        """``dh_next``, ``dc_next`` (N, H) -> ``(dx, dh_prev, dc_prev)``; sets ``grads``."""
+        return self._step_backward(dh_next, dc_next)
