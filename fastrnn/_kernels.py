@@ -305,8 +305,9 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dA, h_hist, xs, Wx, Wh):
             for j in range(H):
                 da[n, j] = (da[n, j] + dh[n, j]) * (one - h[n, j] * h[n, j])
         _gemm(dh, da, Wh, False, True, False)
-    _input_side_grads(dxs.reshape((T * N, D)), dWx, db, dA.reshape((T * N, H)),
-                      xs.reshape((T * N, D)), Wx)
+    _input_side_grads(
+        dxs.reshape((T * N, D)), dWx, db, dA.reshape((T * N, H)), xs.reshape((T * N, D)), Wx
+    )
     _recurrent_weight_grad(dWh, h_hist, dA)
 
 
@@ -360,8 +361,7 @@ def lstm_forward(gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, b):
 
 
 @kernel
-def lstm_backward(dxs, dWx, dWh, db, dh, dc, dA, dhs, gates, c_hist, tanh_c, h_hist, xs,
-                  Wx, Wh):
+def lstm_backward(dxs, dWx, dWh, db, dh, dc, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh):
     """Backpropagate through an LSTM sequence.
 
     Parameters
@@ -403,8 +403,9 @@ def lstm_backward(dxs, dWx, dWh, db, dh, dc, dA, dhs, gates, c_hist, tanh_c, h_h
                 d[n, 2 * H + j] = ds * g * i * (one - i)
                 d[n, 3 * H + j] = dh_next * tc[n, j] * o * (one - o)
         _gemm(dh, d, Wh, False, True, False)
-    _input_side_grads(dxs.reshape((T * N, D)), dWx, db, dA.reshape((T * N, 4 * H)),
-                      xs.reshape((T * N, D)), Wx)
+    _input_side_grads(
+        dxs.reshape((T * N, D)), dWx, db, dA.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx
+    )
     _recurrent_weight_grad(dWh, h_hist, dA)
 
 

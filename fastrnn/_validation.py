@@ -33,9 +33,7 @@ def require_array(name: str, value) -> np.ndarray:
 def require_float(name: str, array: np.ndarray) -> None:
     """Raise ``TypeError`` unless ``array`` holds real floating-point numbers."""
     if array.dtype.kind != "f":
-        raise TypeError(
-            f"{name} must hold real floating-point numbers, got dtype {array.dtype}"
-        )
+        raise TypeError(f"{name} must hold real floating-point numbers, got dtype {array.dtype}")
 
 
 def check_params(params, gates: int, layer: str):
@@ -61,9 +59,7 @@ def check_params(params, gates: int, layer: str):
     for name, p in zip(PARAM_NAMES, params, strict=True):
         require_array(name, p)
         if p.dtype not in COMPUTE_DTYPES:
-            raise TypeError(
-                f"{name} must be float32 or float64, got dtype {p.dtype}"
-            )
+            raise TypeError(f"{name} must be float32 or float64, got dtype {p.dtype}")
     Wx, Wh, b = params
     if Wx.dtype != Wh.dtype or Wx.dtype != b.dtype:
         raise TypeError(
@@ -109,9 +105,7 @@ def check_sequence(name: str, xs, width: int, width_name: str) -> tuple[int, int
     require_array(name, xs)
     require_float(name, xs)
     if xs.ndim != 3 or xs.shape[2] != width:
-        raise ValueError(
-            f"{name} must have shape (N, T, {width_name}={width}), got {xs.shape}"
-        )
+        raise ValueError(f"{name} must have shape (N, T, {width_name}={width}), got {xs.shape}")
     return xs.shape[0], xs.shape[1]
 
 

@@ -96,8 +96,9 @@ class _Recurrence:
             c_hist = ws.take("c_hist", (T + 1, N, H), dtype)
             _set_initial(c_hist[0], c0)
         activations = self._run_forward(xs_tm, h_hist, c_hist, Wx, Wh, b)
-        self.saved = dict(xs=xs_tm, h_hist=h_hist, c_hist=c_hist, Wx=Wx, Wh=Wh, b=b,
-                          activations=activations)
+        self.saved = dict(
+            xs=xs_tm, h_hist=h_hist, c_hist=c_hist, Wx=Wx, Wh=Wh, b=b, activations=activations
+        )
         return h_hist[1:], h_hist[T], (None if c_hist is None else c_hist[T])
 
     def backward(self, dhs, grads, dh_last, dc_last):
@@ -161,8 +162,9 @@ class _RNNRecurrence(_Recurrence):
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
         # dhs_tm becomes the pre-activation gradient in place: it is refilled every call.
-        kernels.rnn_backward(dxs_tm, *grads, dh, dhs_tm, saved["h_hist"], saved["xs"],
-                             saved["Wx"], saved["Wh"])
+        kernels.rnn_backward(
+            dxs_tm, *grads, dh, dhs_tm, saved["h_hist"], saved["xs"], saved["Wx"], saved["Wh"]
+        )
 
 
 class _LSTMRecurrence(_Recurrence):
@@ -180,9 +182,21 @@ class _LSTMRecurrence(_Recurrence):
     def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
-        kernels.lstm_backward(dxs_tm, *grads, dh, dc, dA, dhs_tm, act["gates"],
-                              saved["c_hist"], act["tanh_c"], saved["h_hist"], saved["xs"],
-                              saved["Wx"], saved["Wh"])
+        kernels.lstm_backward(
+            dxs_tm,
+            *grads,
+            dh,
+            dc,
+            dA,
+            dhs_tm,
+            act["gates"],
+            saved["c_hist"],
+            act["tanh_c"],
+            saved["h_hist"],
+            saved["xs"],
+            saved["Wx"],
+            saved["Wh"],
+        )
 
 
 class _GRURecurrence(_Recurrence):
@@ -200,8 +214,20 @@ class _GRURecurrence(_Recurrence):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         dhr = self.ws.take("dhr", dh.shape, dh.dtype)
-        kernels.gru_backward(dxs_tm, *grads, dh, dhr, dA, dhs_tm, act["gates"], act["rh"],
-                             saved["h_hist"], saved["xs"], saved["Wx"], saved["Wh"])
+        kernels.gru_backward(
+            dxs_tm,
+            *grads,
+            dh,
+            dhr,
+            dA,
+            dhs_tm,
+            act["gates"],
+            act["rh"],
+            saved["h_hist"],
+            saved["xs"],
+            saved["Wx"],
+            saved["Wh"],
+        )
 
 
 def _to_batch_major(tm):
@@ -293,8 +319,7 @@ class _TimeLayer:
         expected = (N, T, H * width_factor)
         if dhs.shape != expected:
             raise ValueError(
-                f"dhs must have the shape of the last forward's output {expected}, "
-                f"got {dhs.shape}"
+                f"dhs must have the shape of the last forward's output {expected}, got {dhs.shape}"
             )
         return dhs
 
