@@ -232,7 +232,9 @@ class _GRURecurrence(_Recurrence):
 
 def _to_batch_major(tm):
     """A fresh C-contiguous (N, T, .) copy of a time-major (T, N, .) buffer."""
-    return np.ascontiguousarray(tm.transpose(1, 0, 2))
+    # Not np.ascontiguousarray: with N == 1 or T == 1 the transpose is already contiguous
+    # and that would return a view of the workspace.
+    return tm.transpose(1, 0, 2).copy()
 
 
 # --------------------------------------------------------------------------------------
