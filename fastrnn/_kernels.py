@@ -217,14 +217,31 @@ def _fast_sigmoid_overload(x):
 # Pieces shared by every cell type
 # --------------------------------------------------------------------------------------
 
+#: From this batch size on, the backward recurrent product ``dA_t @ W.T`` is computed as
+#: ``(W @ dA_t.T).T`` into an (H, N) scratch. OpenBLAS runs that orientation 1.4-1.8x
+#: faster for N = 20 and up to 1.15x for N = 128; for N <= 10 the direct one is faster.
+TRANSPOSED_BACKPROP_MIN_BATCH = 16
+
 
 @helper
-def _project_inputs(pre, x2d, Wx, b):
-    """``pre = x2d @ Wx + b`` for all ``T * N`` rows at once: ``(T*N, G*H)``."""
-    _gemm(pre, x2d, Wx, False, False, False)
-    for r in range(pre.shape[0]):
-        for j in range(pre.shape[1]):
-            pre[r, j] += b[j]
+def _backprop_to_state(dh, dhT, dA_t, W, accumulate):
+    """``dh = dA_t @ W.T`` (``+=`` when ``accumulate``): the gradient of the previous state.
+
+    ``dh`` (N, H); ``dhT`` (H, N) scratch; ``dA_t`` (N, G); ``W`` (H, G).
+    """
+    N, H = dh.shape
+    if N < TRANSPOSED_BACKPROP_MIN_BATCH:
+        _gemm(dh, dA_t, W, False, True, accumulate)
+        return
+    _gemm(dhT, W, dA_t, False, True, False)
+    for n in range(N):
+        row = dh[n]
+        if accumulate:
+            for j in range(H):
+                row[j] += dhT[j, n]
+        else:
+            for j in range(H):
+                row[j] = dhT[j, n]
 
 
 @helper
@@ -234,8 +251,9 @@ def _input_side_grads(dxs2d, dWx, db, dA2d, x2d, Wx):
     _gemm(dWx, x2d, dA2d, True, False, False)
     db[:] = 0
     for r in range(dA2d.shape[0]):
-        for j in range(dA2d.shape[1]):
-            db[j] += dA2d[r, j]
+        row = dA2d[r]
+        for j in range(row.size):
+            db[j] += row[j]
 
 
 @helper
@@ -245,6 +263,11 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
     H = h_hist.shape[2]
     _gemm(dWh, h_hist[:T].reshape((T * N, H)), dA.reshape((T * N, G)), True, False, False)
 
+
+# The element-wise loops below run row by row, each loop over one contiguous row touching
+# at most four arrays: longer loops over more arrays defeat LLVM's runtime alias checks
+# and stay scalar (measured 3x slower). The bias is added in the activation loop rather
+# than in a separate pass over the whole input projection.
 
 # --------------------------------------------------------------------------------------
 # Plain RNN: h_t = tanh(h_{t-1} @ Wh + x_t @ Wx + b)
@@ -267,17 +290,18 @@ def rnn_forward(h_hist, xs, Wx, Wh, b):
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
-    _project_inputs(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, b)
+    _gemm(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         h = h_hist[t + 1]
         _gemm(h, h_hist[t], Wh, False, False, True)
         for n in range(N):
+            row = h[n]
             for j in range(H):
-                h[n, j] = fast_tanh(h[n, j])
+                row[j] = fast_tanh(row[j] + b[j])
 
 
 @kernel
-def rnn_backward(dxs, dWx, dWh, db, dh, dA, h_hist, xs, Wx, Wh):
+def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh):
     """Backpropagate through a plain RNN sequence.
 
     Parameters
@@ -289,6 +313,8 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dA, h_hist, xs, Wx, Wh):
     dh : (N, H) array
         In: gradient arriving at the last state from after the sequence (zeros for a
         whole sequence). Out: gradient of the initial state ``h_hist[0]``.
+    dhT : (H, N) array
+        Scratch.
     dA : (T, N, H) array
         In: ``dhs``, the gradient of every output state. Out: the gradient of every
         pre-activation.
@@ -299,14 +325,18 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dA, h_hist, xs, Wx, Wh):
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
     for t in range(T - 1, -1, -1):
-        da = dA[t]
-        h = h_hist[t + 1]
+        da_t = dA[t]
+        h_t = h_hist[t + 1]
         for n in range(N):
+            da = da_t[n]
+            h = h_t[n]
+            dh_n = dh[n]
             for j in range(H):
-                da[n, j] = (da[n, j] + dh[n, j]) * (one - h[n, j] * h[n, j])
-        _gemm(dh, da, Wh, False, True, False)
+                da[j] = (da[j] + dh_n[j]) * (one - h[j] * h[j])
+        _backprop_to_state(dh, dhT, da_t, Wh, False)
+    rows = T * N
     _input_side_grads(
-        dxs.reshape((T * N, D)), dWx, db, dA.reshape((T * N, H)), xs.reshape((T * N, D)), Wx
+        dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, H)), xs.reshape((rows, D)), Wx
     )
     _recurrent_weight_grad(dWh, h_hist, dA)
 
@@ -337,31 +367,34 @@ def lstm_forward(gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, b):
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
-    _project_inputs(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, b)
+    _gemm(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         A = gates[t]
         _gemm(A, h_hist[t], Wh, False, False, True)
-        c_prev = c_hist[t]
-        c = c_hist[t + 1]
-        tc = tanh_c[t]
-        h = h_hist[t + 1]
         for n in range(N):
+            a = A[n]
             for j in range(H):
-                f = fast_sigmoid(A[n, j])
-                g = fast_tanh(A[n, H + j])
-                i = fast_sigmoid(A[n, 2 * H + j])
-                o = fast_sigmoid(A[n, 3 * H + j])
-                A[n, j] = f
-                A[n, H + j] = g
-                A[n, 2 * H + j] = i
-                A[n, 3 * H + j] = o
-                c[n, j] = f * c_prev[n, j] + g * i
-                tc[n, j] = fast_tanh(c[n, j])
-                h[n, j] = o * tc[n, j]
+                a[j] = fast_sigmoid(a[j] + b[j])  # f
+            for j in range(H, 2 * H):
+                a[j] = fast_tanh(a[j] + b[j])  # g
+            for j in range(2 * H, 4 * H):
+                a[j] = fast_sigmoid(a[j] + b[j])  # i, o
+            c_prev = c_hist[t, n]
+            c = c_hist[t + 1, n]
+            tc = tanh_c[t, n]
+            h = h_hist[t + 1, n]
+            for j in range(H):
+                c[j] = a[j] * c_prev[j] + a[H + j] * a[2 * H + j]
+            for j in range(H):
+                tc[j] = fast_tanh(c[j])
+            for j in range(H):
+                h[j] = a[3 * H + j] * tc[j]
 
 
 @kernel
-def lstm_backward(dxs, dWx, dWh, db, dh, dc, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh):
+def lstm_backward(
+    dxs, dWx, dWh, db, dh, dc, dhT, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh
+):
     """Backpropagate through an LSTM sequence.
 
     Parameters
@@ -373,10 +406,13 @@ def lstm_backward(dxs, dWx, dWh, db, dh, dc, dA, dhs, gates, c_hist, tanh_c, h_h
     dh, dc : (N, H) arrays
         In: gradients arriving at the last ``h`` and ``c`` from after the sequence.
         Out: gradients of the initial ``h`` and ``c``.
+    dhT : (H, N) array
+        Scratch.
     dA : (T, N, 4H) array
         Out: gradient of every gate pre-activation.
     dhs : (T, N, H) array
-        Gradient of every output state.
+        In: gradient of every output state. Overwritten (with the total gradient of
+        every state).
     gates, c_hist, tanh_c, h_hist, xs, Wx, Wh
         As saved and used by :func:`lstm_forward`.
     """
@@ -384,27 +420,36 @@ def lstm_backward(dxs, dWx, dWh, db, dh, dc, dA, dhs, gates, c_hist, tanh_c, h_h
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
     for t in range(T - 1, -1, -1):
-        A = gates[t]
-        d = dA[t]
-        dh_out = dhs[t]
-        tc = tanh_c[t]
-        c_prev = c_hist[t]
         for n in range(N):
+            a = gates[t, n]
+            d = dA[t, n]
+            dh_next = dhs[t, n]
+            ds = dc[n]
+            tc = tanh_c[t, n]
+            dh_n = dh[n]
             for j in range(H):
-                f = A[n, j]
-                g = A[n, H + j]
-                i = A[n, 2 * H + j]
-                o = A[n, 3 * H + j]
-                dh_next = dh_out[n, j] + dh[n, j]
-                ds = dc[n, j] + dh_next * o * (one - tc[n, j] * tc[n, j])
-                dc[n, j] = ds * f
-                d[n, j] = ds * c_prev[n, j] * f * (one - f)
-                d[n, H + j] = ds * i * (one - g * g)
-                d[n, 2 * H + j] = ds * g * i * (one - i)
-                d[n, 3 * H + j] = dh_next * tc[n, j] * o * (one - o)
-        _gemm(dh, d, Wh, False, True, False)
+                dh_next[j] += dh_n[j]
+            for j in range(H):  # ds = dc_next + dh_next * o * tanh'(c), kept in dc
+                ds[j] += dh_next[j] * a[3 * H + j] * (one - tc[j] * tc[j])
+            for j in range(H):
+                o = a[3 * H + j]
+                d[3 * H + j] = dh_next[j] * tc[j] * o * (one - o)
+            c_prev = c_hist[t, n]
+            for j in range(H):
+                f = a[j]
+                d[j] = ds[j] * c_prev[j] * f * (one - f)
+            for j in range(H):
+                g = a[H + j]
+                d[H + j] = ds[j] * a[2 * H + j] * (one - g * g)
+            for j in range(H):
+                i = a[2 * H + j]
+                d[2 * H + j] = ds[j] * a[H + j] * i * (one - i)
+            for j in range(H):
+                ds[j] *= a[j]  # dc_prev = ds * f
+        _backprop_to_state(dh, dhT, dA[t], Wh, False)
+    rows = T * N
     _input_side_grads(
-        dxs.reshape((T * N, D)), dWx, db, dA.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx
+        dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, 4 * H)), xs.reshape((rows, D)), Wx
     )
     _recurrent_weight_grad(dWh, h_hist, dA)
 
@@ -435,31 +480,34 @@ def gru_forward(gates, rh, h_hist, xs, Wx, Wh, b):
     T, N, D = xs.shape
     H = Wh.shape[0]
     one = gates.dtype.type(1.0)
-    _project_inputs(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, b)
+    _gemm(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     Wh_zr = Wh[:, : 2 * H]
     Wh_h = Wh[:, 2 * H :]
     for t in range(T):
         A = gates[t]
-        h_prev = h_hist[t]
-        h = h_hist[t + 1]
-        rh_t = rh[t]
-        _gemm(A[:, : 2 * H], h_prev, Wh_zr, False, False, True)
+        _gemm(A[:, : 2 * H], h_hist[t], Wh_zr, False, False, True)
         for n in range(N):
+            a = A[n]
             for j in range(2 * H):
-                A[n, j] = fast_sigmoid(A[n, j])
+                a[j] = fast_sigmoid(a[j] + b[j])  # z, r
+            h_prev = h_hist[t, n]
+            rh_n = rh[t, n]
             for j in range(H):
-                rh_t[n, j] = A[n, H + j] * h_prev[n, j]
-        _gemm(A[:, 2 * H :], rh_t, Wh_h, False, False, True)
+                rh_n[j] = a[H + j] * h_prev[j]
+        _gemm(A[:, 2 * H :], rh[t], Wh_h, False, False, True)
         for n in range(N):
+            a = A[n]
+            for j in range(2 * H, 3 * H):
+                a[j] = fast_tanh(a[j] + b[j])  # h~
+            h_prev = h_hist[t, n]
+            h = h_hist[t + 1, n]
             for j in range(H):
-                z = A[n, j]
-                h_cand = fast_tanh(A[n, 2 * H + j])
-                A[n, 2 * H + j] = h_cand
-                h[n, j] = (one - z) * h_prev[n, j] + z * h_cand
+                z = a[j]
+                h[j] = (one - z) * h_prev[j] + z * a[2 * H + j]
 
 
 @kernel
-def gru_backward(dxs, dWx, dWh, db, dh, dhr, dA, dhs, gates, rh, h_hist, xs, Wx, Wh):
+def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs, Wx, Wh):
     """Backpropagate through a GRU sequence.
 
     Parameters
@@ -473,10 +521,12 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dA, dhs, gates, rh, h_hist, xs, Wx,
         the initial state.
     dhr : (N, H) array
         Scratch: gradient of ``r * h_{t-1}``.
+    dhT : (H, N) array
+        Scratch.
     dA : (T, N, 3H) array
         Out: gradient of every gate pre-activation.
     dhs : (T, N, H) array
-        Gradient of every output state.
+        In: gradient of every output state. Overwritten.
     gates, rh, h_hist, xs, Wx, Wh
         As saved and used by :func:`gru_forward`.
     """
@@ -486,25 +536,35 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dA, dhs, gates, rh, h_hist, xs, Wx,
     Wh_zr = Wh[:, : 2 * H]
     Wh_h = Wh[:, 2 * H :]
     for t in range(T - 1, -1, -1):
-        A = gates[t]
-        d = dA[t]
-        dh_out = dhs[t]
-        h_prev = h_hist[t]
         for n in range(N):
+            a = gates[t, n]
+            d = dA[t, n]
+            dh_next = dhs[t, n]
+            dh_n = dh[n]
+            h_prev = h_hist[t, n]
             for j in range(H):
-                z = A[n, j]
-                h_cand = A[n, 2 * H + j]
-                dh_next = dh_out[n, j] + dh[n, j]
-                d[n, 2 * H + j] = dh_next * z * (one - h_cand * h_cand)
-                d[n, j] = dh_next * (h_cand - h_prev[n, j]) * z * (one - z)
-                dh[n, j] = dh_next * (one - z)
-        _gemm(dhr, d[:, 2 * H :], Wh_h, False, True, False)
+                dh_next[j] += dh_n[j]
+            for j in range(H):
+                h_cand = a[2 * H + j]
+                d[2 * H + j] = dh_next[j] * a[j] * (one - h_cand * h_cand)
+            for j in range(H):
+                z = a[j]
+                d[j] = dh_next[j] * (a[2 * H + j] - h_prev[j]) * z * (one - z)
+            for j in range(H):
+                dh_n[j] = dh_next[j] * (one - a[j])
+        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, False)
         for n in range(N):
+            a = gates[t, n]
+            d = dA[t, n]
+            dhr_n = dhr[n]
+            dh_n = dh[n]
+            h_prev = h_hist[t, n]
             for j in range(H):
-                r = A[n, H + j]
-                dh[n, j] += r * dhr[n, j]
-                d[n, H + j] = dhr[n, j] * h_prev[n, j] * r * (one - r)
-        _gemm(dh, d[:, : 2 * H], Wh_zr, False, True, True)
+                dh_n[j] += a[H + j] * dhr_n[j]
+            for j in range(H):
+                r = a[H + j]
+                d[H + j] = dhr_n[j] * h_prev[j] * r * (one - r)
+        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, True)
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
     _input_side_grads(dxs.reshape((rows, D)), dWx, db, dA2d, xs.reshape((rows, D)), Wx)

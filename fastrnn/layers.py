@@ -129,7 +129,8 @@ class _Recurrence:
             g if g.dtype == dtype and g.flags.c_contiguous else ws.take(f"grad{i}", g.shape, dtype)
             for i, g in enumerate(grads)
         ]
-        self._run_backward(dxs_tm, targets, dh, dc, dhs_tm, saved)
+        dhT = ws.take("dhT", (H, N), dtype)
+        self._run_backward(dxs_tm, targets, dh, dc, dhT, dhs_tm, saved)
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
@@ -142,7 +143,7 @@ class _Recurrence:
     def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b):
         raise NotImplementedError
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
         raise NotImplementedError
 
 
@@ -160,10 +161,10 @@ class _RNNRecurrence(_Recurrence):
         kernels.rnn_forward(h_hist, xs_tm, Wx, Wh, b)
         return {}
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
         # dhs_tm becomes the pre-activation gradient in place: it is refilled every call.
         kernels.rnn_backward(
-            dxs_tm, *grads, dh, dhs_tm, saved["h_hist"], saved["xs"], saved["Wx"], saved["Wh"]
+            dxs_tm, *grads, dh, dhT, dhs_tm, saved["h_hist"], saved["xs"], saved["Wx"], saved["Wh"]
         )
 
 
@@ -179,7 +180,7 @@ class _LSTMRecurrence(_Recurrence):
         kernels.lstm_forward(gates, c_hist, tanh_c, h_hist, xs_tm, Wx, Wh, b)
         return dict(gates=gates, tanh_c=tanh_c)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         kernels.lstm_backward(
@@ -187,6 +188,7 @@ class _LSTMRecurrence(_Recurrence):
             *grads,
             dh,
             dc,
+            dhT,
             dA,
             dhs_tm,
             act["gates"],
@@ -210,7 +212,7 @@ class _GRURecurrence(_Recurrence):
         kernels.gru_forward(gates, rh, h_hist, xs_tm, Wx, Wh, b)
         return dict(gates=gates, rh=rh)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         dhr = self.ws.take("dhr", dh.shape, dh.dtype)
@@ -219,6 +221,7 @@ class _GRURecurrence(_Recurrence):
             *grads,
             dh,
             dhr,
+            dhT,
             dA,
             dhs_tm,
             act["gates"],
@@ -435,6 +438,12 @@ class TimeBiLSTM:
     def __init__(self, Wx1, Wh1, b1, Wx2, Wh2, b2, stateful=False):
         self.forward_lstm = TimeLSTM(Wx1, Wh1, b1, stateful)
         self.backward_lstm = TimeLSTM(Wx2, Wh2, b2, stateful)
+        # Both directions read the same xs and fill halves of one output: same sizes.
+        for name, p1, p2 in (("Wh", Wh1, Wh2), ("Wx", Wx1, Wx2)):
+            if p1.shape != p2.shape:
+                raise ValueError(
+                    f"{name}2 must have the shape of {name}1 {p1.shape}, got {p2.shape}"
+                )
         self.params = self.forward_lstm.params + self.backward_lstm.params
         self.grads = self.forward_lstm.grads + self.backward_lstm.grads
 

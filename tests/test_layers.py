@@ -35,7 +35,8 @@ dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
 time_layers = pytest.mark.parametrize("name", TIME_LAYERS)
 uni_layers = pytest.mark.parametrize("name", UNI_LAYERS)
 
-#: (N, T, D, H) edge shapes and a larger case.
+#: (N, T, D, H) edge shapes and larger cases. N >= TRANSPOSED_BACKPROP_MIN_BATCH takes the
+#: kernels' other BLAS orientation for the backward recurrent product.
 SHAPES = {
     "N1": (1, 4, 3, 5),
     "T1": (3, 1, 4, 5),
@@ -44,6 +45,7 @@ SHAPES = {
     "D6-H2": (2, 3, 6, 2),
     "all1": (1, 1, 1, 1),
     "N7-T9-D5-H11": (7, 9, 5, 11),
+    "N17-T6-D4-H9": (17, 6, 4, 9),
 }
 
 # --------------------------------------------------------------------------------------
@@ -693,3 +695,11 @@ def test_cell_outputs_are_fresh_and_grads_overwritten(rng, family):
     compare_cells(fast, reference, family, args2, args2, np.float64, "second call: ")
     for a, k in zip(first, kept, strict=True):
         np.testing.assert_array_equal(a, k)
+
+
+def test_shapes_cover_both_backprop_orientations():
+    """SHAPES keeps batches on both sides of the kernels' BLAS orientation switch."""
+    from fastrnn._kernels import TRANSPOSED_BACKPROP_MIN_BATCH
+
+    batches = {shape[0] for shape in SHAPES.values()}
+    assert min(batches) < TRANSPOSED_BACKPROP_MIN_BATCH <= max(batches)
