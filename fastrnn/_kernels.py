@@ -291,10 +291,12 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
     _gemm(dWh, h_hist[:T].reshape((T * N, H)), dA.reshape((T * N, G)), True, False, False)
 
 
-# The element-wise loops below run row by row, each loop over one contiguous row touching
-# at most four arrays: longer loops over more arrays defeat LLVM's runtime alias checks
-# and stay scalar (measured 3x slower). The bias is added in the activation loop rather
-# than in a separate pass over the whole input projection.
+# The element-wise loops below run row by row, over gate blocks taken as slice views
+# (``f = a[:H]``) with zero-based indices. Both matter for LLVM's vectoriser: an index that
+# starts at an unknown offset (``a[H + j]``) may be negative as far as it can tell, and a
+# loop over many arrays needs more runtime alias checks than it will emit; such loops stay
+# scalar, 4-5x slower. The bias is added in the activation loop rather than in a separate
+# pass over the whole input projection.
 
 # --------------------------------------------------------------------------------------
 # Plain RNN: h_t = tanh(h_{t-1} @ Wh + x_t @ Wx + b)
@@ -319,12 +321,11 @@ def rnn_forward(h_hist, xs, Wx, Wh, b):
     H = Wh.shape[0]
     _gemm(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
-        h = h_hist[t + 1]
-        _gemm(h, h_hist[t], Wh, False, False, True)
+        _gemm(h_hist[t + 1], h_hist[t], Wh, False, False, True)
         for n in range(N):
-            row = h[n]
+            h = h_hist[t + 1, n]
             for j in range(H):
-                row[j] = fast_tanh(row[j] + b[j])
+                h[j] = fast_tanh(h[j] + b[j])
 
 
 @kernel
@@ -352,15 +353,13 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh):
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
     for t in range(T - 1, -1, -1):
-        da_t = dA[t]
-        h_t = h_hist[t + 1]
         for n in range(N):
-            da = da_t[n]
-            h = h_t[n]
+            da = dA[t, n]
+            h = h_hist[t + 1, n]
             dh_n = dh[n]
             for j in range(H):
                 da[j] = (da[j] + dh_n[j]) * (one - h[j] * h[j])
-        _backprop_to_state(dh, dhT, da_t, Wh, False)
+        _backprop_to_state(dh, dhT, dA[t], Wh, False)
     rows = T * N
     _input_side_grads(
         dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, H)), xs.reshape((rows, D)), Wx
@@ -394,28 +393,29 @@ def lstm_forward(gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, b):
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
+    b_f, b_g, b_io = b[:H], b[H : 2 * H], b[2 * H :]
     _gemm(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
-        A = gates[t]
-        _gemm(A, h_hist[t], Wh, False, False, True)
+        _gemm(gates[t], h_hist[t], Wh, False, False, True)
         for n in range(N):
-            a = A[n]
+            a = gates[t, n]
+            f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+            io = a[2 * H :]
             for j in range(H):
-                a[j] = fast_sigmoid(a[j] + b[j])  # f
-            for j in range(H, 2 * H):
-                a[j] = fast_tanh(a[j] + b[j])  # g
-            for j in range(2 * H, 4 * H):
-                a[j] = fast_sigmoid(a[j] + b[j])  # i, o
-            c_prev = c_hist[t, n]
-            c = c_hist[t + 1, n]
+                f[j] = fast_sigmoid(f[j] + b_f[j])
+            for j in range(H):
+                g[j] = fast_tanh(g[j] + b_g[j])
+            for j in range(2 * H):
+                io[j] = fast_sigmoid(io[j] + b_io[j])
+            c_prev, c = c_hist[t, n], c_hist[t + 1, n]
             tc = tanh_c[t, n]
             h = h_hist[t + 1, n]
             for j in range(H):
-                c[j] = a[j] * c_prev[j] + a[H + j] * a[2 * H + j]
+                c[j] = f[j] * c_prev[j] + g[j] * i[j]
             for j in range(H):
                 tc[j] = fast_tanh(c[j])
             for j in range(H):
-                h[j] = a[3 * H + j] * tc[j]
+                h[j] = o[j] * tc[j]
 
 
 @kernel
@@ -449,30 +449,28 @@ def lstm_backward(
     for t in range(T - 1, -1, -1):
         for n in range(N):
             a = gates[t, n]
+            f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
             d = dA[t, n]
+            df, dg, di, do = d[:H], d[H : 2 * H], d[2 * H : 3 * H], d[3 * H :]
             dh_next = dhs[t, n]
-            ds = dc[n]
+            ds = dc[n]  # dc_next on entry; ds, then dc_prev, in place
             tc = tanh_c[t, n]
+            c_prev = c_hist[t, n]
             dh_n = dh[n]
             for j in range(H):
                 dh_next[j] += dh_n[j]
-            for j in range(H):  # ds = dc_next + dh_next * o * tanh'(c), kept in dc
-                ds[j] += dh_next[j] * a[3 * H + j] * (one - tc[j] * tc[j])
             for j in range(H):
-                o = a[3 * H + j]
-                d[3 * H + j] = dh_next[j] * tc[j] * o * (one - o)
-            c_prev = c_hist[t, n]
+                ds[j] += dh_next[j] * o[j] * (one - tc[j] * tc[j])
             for j in range(H):
-                f = a[j]
-                d[j] = ds[j] * c_prev[j] * f * (one - f)
+                do[j] = dh_next[j] * tc[j] * o[j] * (one - o[j])
             for j in range(H):
-                g = a[H + j]
-                d[H + j] = ds[j] * a[2 * H + j] * (one - g * g)
+                df[j] = ds[j] * c_prev[j] * f[j] * (one - f[j])
             for j in range(H):
-                i = a[2 * H + j]
-                d[2 * H + j] = ds[j] * a[H + j] * i * (one - i)
+                dg[j] = ds[j] * i[j] * (one - g[j] * g[j])
             for j in range(H):
-                ds[j] *= a[j]  # dc_prev = ds * f
+                di[j] = ds[j] * g[j] * i[j] * (one - i[j])
+            for j in range(H):
+                ds[j] *= f[j]
         _backprop_to_state(dh, dhT, dA[t], Wh, False)
     rows = T * N
     _input_side_grads(
@@ -507,30 +505,29 @@ def gru_forward(gates, rh, h_hist, xs, Wx, Wh, b):
     T, N, D = xs.shape
     H = Wh.shape[0]
     one = gates.dtype.type(1.0)
+    b_zr, b_h = b[: 2 * H], b[2 * H :]
     _gemm(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
-    Wh_zr = Wh[:, : 2 * H]
-    Wh_h = Wh[:, 2 * H :]
+    Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     for t in range(T):
-        A = gates[t]
-        _gemm(A[:, : 2 * H], h_hist[t], Wh_zr, False, False, True)
+        _gemm(gates[t, :, : 2 * H], h_hist[t], Wh_zr, False, False, True)
         for n in range(N):
-            a = A[n]
-            for j in range(2 * H):
-                a[j] = fast_sigmoid(a[j] + b[j])  # z, r
+            a = gates[t, n]
+            zr, r = a[: 2 * H], a[H : 2 * H]
             h_prev = h_hist[t, n]
             rh_n = rh[t, n]
+            for j in range(2 * H):
+                zr[j] = fast_sigmoid(zr[j] + b_zr[j])
             for j in range(H):
-                rh_n[j] = a[H + j] * h_prev[j]
-        _gemm(A[:, 2 * H :], rh[t], Wh_h, False, False, True)
+                rh_n[j] = r[j] * h_prev[j]
+        _gemm(gates[t, :, 2 * H :], rh[t], Wh_h, False, False, True)
         for n in range(N):
-            a = A[n]
-            for j in range(2 * H, 3 * H):
-                a[j] = fast_tanh(a[j] + b[j])  # h~
-            h_prev = h_hist[t, n]
-            h = h_hist[t + 1, n]
+            a = gates[t, n]
+            z, h_cand = a[:H], a[2 * H :]
+            h_prev, h = h_hist[t, n], h_hist[t + 1, n]
             for j in range(H):
-                z = a[j]
-                h[j] = (one - z) * h_prev[j] + z * a[2 * H + j]
+                h_cand[j] = fast_tanh(h_cand[j] + b_h[j])
+            for j in range(H):
+                h[j] = (one - z[j]) * h_prev[j] + z[j] * h_cand[j]
 
 
 @kernel
@@ -560,37 +557,35 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
     T, N, D = xs.shape
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
-    Wh_zr = Wh[:, : 2 * H]
-    Wh_h = Wh[:, 2 * H :]
+    Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     for t in range(T - 1, -1, -1):
         for n in range(N):
             a = gates[t, n]
+            z, h_cand = a[:H], a[2 * H :]
             d = dA[t, n]
+            dz, dh_cand = d[:H], d[2 * H :]
             dh_next = dhs[t, n]
             dh_n = dh[n]
             h_prev = h_hist[t, n]
             for j in range(H):
                 dh_next[j] += dh_n[j]
             for j in range(H):
-                h_cand = a[2 * H + j]
-                d[2 * H + j] = dh_next[j] * a[j] * (one - h_cand * h_cand)
+                dh_cand[j] = dh_next[j] * z[j] * (one - h_cand[j] * h_cand[j])
             for j in range(H):
-                z = a[j]
-                d[j] = dh_next[j] * (a[2 * H + j] - h_prev[j]) * z * (one - z)
+                dz[j] = dh_next[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
             for j in range(H):
-                dh_n[j] = dh_next[j] * (one - a[j])
+                dh_n[j] = dh_next[j] * (one - z[j])
         _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, False)
         for n in range(N):
-            a = gates[t, n]
-            d = dA[t, n]
+            r = gates[t, n, H : 2 * H]
+            dr = dA[t, n, H : 2 * H]
             dhr_n = dhr[n]
             dh_n = dh[n]
             h_prev = h_hist[t, n]
             for j in range(H):
-                dh_n[j] += a[H + j] * dhr_n[j]
+                dh_n[j] += r[j] * dhr_n[j]
             for j in range(H):
-                r = a[H + j]
-                d[H + j] = dhr_n[j] * h_prev[j] * r * (one - r)
+                dr[j] = dhr_n[j] * h_prev[j] * r[j] * (one - r[j])
         _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, True)
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
