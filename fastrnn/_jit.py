@@ -11,6 +11,8 @@ All kernels go through :func:`kernel`, so the options below hold for every one o
 * ``cache=True`` unless ``FASTRNN_DISABLE_CACHE`` is set, or no cache directory is writable
   (a read-only install with no writable home). In that case kernels compile in memory and a
   single :class:`RuntimeWarning` says so.
+* ``boundscheck`` follows ``NUMBA_BOUNDSCHECK``. Numba's cache does not record it, so with
+  bounds checking on the disk cache is not used at all (neither loaded nor written).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ _TRUTHY = {"1", "true", "yes", "on"}
 
 
 def disk_cache_requested() -> bool:
-    """Whether the environment allows the on-disk kernel cache (``FASTRNN_DISABLE_CACHE``)."""
+    """Whether the environment allows the on-disk kernel cache.
+
+    No when ``FASTRNN_DISABLE_CACHE`` is set, and no when ``NUMBA_BOUNDSCHECK`` is on: a
+    cached kernel is keyed on its source and types only, so a bounds-checked run would load
+    unchecked code (and a normal run the slower checked code a checked run had saved).
+    """
+    if numba.config.BOUNDSCHECK:
+        return False
     return os.environ.get("FASTRNN_DISABLE_CACHE", "").strip().lower() not in _TRUTHY
 
 

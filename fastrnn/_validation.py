@@ -122,6 +122,6 @@ def check_state(name: str, state, N: int | None, H: int, hint: str = "") -> None
     """Check a recurrent state: an ``(N, H)`` float array (``N`` unchecked when None)."""
     require_array(name, state)
     require_float(name, state)
-    expected = (N, H) if N is not None else ("N", H)
+    expected = f"({'N' if N is None else N}, {H})"
     if state.ndim != 2 or state.shape[1] != H or (N is not None and state.shape[0] != N):
         raise ValueError(f"{name} must have shape {expected}, got {state.shape}{hint}")

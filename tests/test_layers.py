@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, make_params
+from _support import DTYPES, assert_close, make_params
 
 import fastrnn
 from fastrnn import reference as ref

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import GATES, make_params
+from _support import GATES, make_params
 
 from fastrnn import reference as ref
 
