@@ -263,9 +263,13 @@ class _TimeLayer:
             self.c = None
 
     def set_state(self, h):
-        """Set the hidden state used by the next stateful ``forward``: ``h`` (N, H)."""
-        H = check_params(self.params, self._recurrence.gates, type(self).__name__)[1].shape[0]
-        check_state("h", h, None, H)
+        """Set the hidden state used by the next stateful ``forward``: ``h`` (N, H).
+
+        ``None`` forgets the state, as in the book.
+        """
+        if h is not None:
+            H = check_params(self.params, self._recurrence.gates, type(self).__name__)[1]
+            check_state("h", h, None, H.shape[0])
         self.h = h
 
     def reset_state(self):
@@ -408,11 +412,15 @@ class TimeLSTM(_TimeLayer):
     _recurrence = _LSTMRecurrence
 
     def set_state(self, h, c=None):
-        """Set the states used by the next stateful ``forward``; a missing ``c`` means zeros."""
+        """Set the states used by the next stateful ``forward``: ``h``, ``c`` (N, H).
+
+        A missing ``c`` means zeros; ``None`` for ``h`` means zeros too, as in the book.
+        """
         H = check_params(self.params, 4, type(self).__name__)[1].shape[0]
-        check_state("h", h, None, H)
+        if h is not None:
+            check_state("h", h, None, H)
         if c is not None:
-            check_state("c", c, h.shape[0], H)
+            check_state("c", c, None if h is None else h.shape[0], H)
         self.h, self.c = h, c
 
 
@@ -463,6 +471,8 @@ class TimeBiLSTM:
 
     def backward(self, dhs):
         """``dhs`` (N, T, 2H) -> ``dxs`` (N, T, D); sets ``grads``."""
+        if self.forward_lstm._last_shape is None:
+            raise ValueError("TimeBiLSTM.backward() called before forward()")
         dhs = self.forward_lstm._check_backward(dhs, width_factor=2)
         self.backward_lstm._check_backward(dhs[:, :, : dhs.shape[2] // 2])
         H = dhs.shape[2] // 2

@@ -667,9 +667,15 @@ def set_state_rank1(p):
 
 
 @case(*SINGLE_TIME_KINDS, stateful=True)
-def set_state_int_or_none(p):
+def set_state_int(p):
     p.raises(TypeError, ["h", "int64"], "set_state", np.zeros((N, H), dtype=np.int64))
-    p.raises(TypeError, ["h", "NoneType"], "set_state", None)
+
+
+@case(*SINGLE_TIME_KINDS, stateful=True)
+def set_state_none_forgets_the_state(p):
+    p.same("forward", *p.forward_args())
+    p.same("set_state", None)  # the book's set_state(None) is a reset
+    p.same("forward", *p.forward_args())
 
 
 @case(*SINGLE_TIME_KINDS, stateful=True)
