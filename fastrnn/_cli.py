@@ -1,0 +1,921 @@
+"""The main job: ``python -m fastrnn`` checks fastrnn against the reference and times both.
+
+Commands
+--------
+``python -m fastrnn`` (or ``python -m fastrnn check``)
+    For every layer (TimeRNN, TimeLSTM, TimeGRU, TimeBiLSTM) on the book's shapes, run one
+    forward and backward pass of :mod:`fastrnn` and of :mod:`fastrnn.reference` on the same
+    seeded data and compare ``hs``, ``dxs`` and every gradient. Then time forward+backward of
+    both and print the medians and their ratio. The exit status is 1 if any check fails.
+    Big shapes get fewer rounds, so the whole run, kernel compilation included, takes about
+    a minute on two cores.
+``python -m fastrnn bench [--layers ...] [--shapes ...] [--repeat N] [--torch]``
+    The same comparison, plus the GEMM throughput of fastrnn in GFLOP/s and its share of the
+    ``?gemm`` peak measured at the start of the same run (a 2048^3 product through SciPy's
+    BLAS, the library the kernels call), and with ``--torch`` PyTorch's ``nn.RNN``,
+    ``nn.LSTM`` and ``nn.GRU`` at 1 and 2 threads.
+
+Shapes are written ``NxTxDxH``: batch, time steps, input size, hidden size. The book's shapes
+are 10x5x100x100, 20x35x100x100, 20x35x650x650, 128x7x16x128 and 128x29x16x256.
+
+How the numbers are made
+------------------------
+* Times are medians of rounds of one ``forward(xs)`` plus one ``backward(dhs)`` call on the
+  public layer API, with the inputs and upstream gradients prepared beforehand. The timed
+  fastrnn path makes no NumPy BLAS call (fastrnn calls SciPy's BLAS from its kernels); the
+  reference uses NumPy's, as the book does.
+* NumPy and SciPy ship separate OpenBLAS libraries with separate thread pools. A pool's
+  worker threads keep spinning for about 0.1 s after their last call (unless
+  ``OPENBLAS_THREAD_TIMEOUT`` shortens that), so the first calls into the other library
+  after a switch run several times slower. Before each series of rounds the
+  implementation is therefore warmed up for a quarter of a second (or the process sleeps
+  that long when one call takes longer than that).
+* The ``other load`` column is the number of cores other processes kept busy while a row
+  was measured (from ``/proc/stat``, Linux only). Rows above 0.25 are marked ``!``: with a
+  multithreaded BLAS, one busy core can make fastrnn (and PyTorch) several times slower,
+  because every product waits for its slowest thread.
+* Checks compare with ``|fast - ref| <= atol * scale + rtol * |ref|`` elementwise, where
+  ``scale = max(1, max|ref|)`` over the array: gradients are sums over ``N*T`` rows, so
+  their rounding error grows with their magnitude, not with each element's. float32 uses
+  ``rtol=2e-4, atol=2e-5`` (the kernels' tanh approximation is a few ulp off libm's, and BLAS
+  sums in another order), float64 ``rtol=1e-9, atol=1e-11``. The ``err/tol`` column is the
+  largest ratio of error to allowed error: a check passes when it is at most 1.
+* The GRU is the book's (reset gate applied to ``h`` before the product with ``Whh``);
+  PyTorch's ``nn.GRU`` applies it after. Both do the same matrix products, so their times
+  are comparable, their outputs are not.
+* FLOP counts cover the matrix products only, ``2*m*n*k`` each: the input projection and
+  the recurrent products of the forward pass, and ``dWx``, ``dWh``, ``dxs`` and the
+  recurrent products of the backward pass: ``6 * T * N * G * H * (D + H)`` for ``G`` gate
+  blocks, twice that for the bidirectional LSTM.
+
+Thread control: ``--blas-threads N`` limits both OpenBLAS libraries (and any other BLAS)
+through threadpoolctl; the ``OPENBLAS_NUM_THREADS`` environment variable does the same when
+set before Python starts. ``--torch-threads`` sets PyTorch's threads per column.
+
+The helpers here (shapes, seeded data, FLOP counts, the BLAS peak, the PyTorch
+counterparts, the machine description) are also used by ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------
+# What is measured
+# --------------------------------------------------------------------------------------
+
+
+class Shape(NamedTuple):
+    """A problem size: batch ``N``, time steps ``T``, input size ``D``, hidden size ``H``."""
+
+    N: int
+    T: int
+    D: int
+    H: int
+
+    @property
+    def label(self) -> str:
+        """``"NxTxDxH"``, e.g. ``"20x35x650x650"``."""
+        return "x".join(str(v) for v in self)
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        """Read ``"NxTxDxH"`` (also accepts commas or spaces between the four sizes)."""
+        parts = text.replace(",", "x").replace(" ", "x").lower().split("x")
+        values = [p for p in parts if p]
+        if len(values) != 4 or not all(v.isdigit() and int(v) > 0 for v in values):
+            raise ValueError(f"a shape is four positive sizes NxTxDxH, got {text!r}")
+        return cls(*(int(v) for v in values))
+
+
+#: The (N, T, D, H) of the book's examples: the chapter 5/6 toy sizes, the PTB language
+#: model (small and large), and the chapter 7 seq2seq addition task (two hidden sizes).
+BOOK_SHAPES: tuple[Shape, ...] = (
+    Shape(10, 5, 100, 100),
+    Shape(20, 35, 100, 100),
+    Shape(20, 35, 650, 650),
+    Shape(128, 7, 16, 128),
+    Shape(128, 29, 16, 256),
+)
+
+#: Layer name -> number of gate blocks ``G`` in ``Wx`` (D, G*H).
+GATES = {"TimeRNN": 1, "TimeLSTM": 4, "TimeGRU": 3, "TimeBiLSTM": 4}
+LAYERS = tuple(GATES)
+_LAYER_ALIASES = {
+    "rnn": "TimeRNN",
+    "lstm": "TimeLSTM",
+    "gru": "TimeGRU",
+    "bilstm": "TimeBiLSTM",
+    **{name.lower(): name for name in LAYERS},
+    **{name.lower().removeprefix("time"): name for name in LAYERS},
+}
+
+#: (rtol, atol) of the checks, per compute dtype; see the module docstring.
+TOLERANCE = {
+    np.dtype(np.float32): (2e-4, 2e-5),
+    np.dtype(np.float64): (1e-9, 1e-11),
+}
+
+
+def layer_name(text: str) -> str:
+    """The canonical layer name for ``text``: ``lstm``, ``TimeLSTM`` -> ``"TimeLSTM"``."""
+    try:
+        return _LAYER_ALIASES[text.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown layer {text!r}; choose from rnn, lstm, gru, bilstm (or {', '.join(LAYERS)})"
+        ) from None
+
+
+def output_width(layer: str, H: int) -> int:
+    """Width of ``hs``: ``H``, or ``2H`` for the bidirectional LSTM."""
+    return 2 * H if layer == "TimeBiLSTM" else H
+
+
+def seed_for(*keys: object) -> int:
+    """A seed that depends only on ``keys`` (stable across runs, unlike ``hash``)."""
+    return zlib.crc32("/".join(str(k) for k in keys).encode())
+
+
+def make_params(layer: str, shape: Shape, dtype, rng: np.random.Generator) -> list[np.ndarray]:
+    """Seeded parameters with the book's scaling.
+
+    Returns
+    -------
+    list of arrays
+        ``[Wx (D, G*H), Wh (H, G*H), b (G*H,)]``, twice over (six arrays) for TimeBiLSTM.
+        ``Wx`` and ``Wh`` are ``randn / sqrt(fan_in)`` as in the book; ``b`` is small and
+        random rather than zero, so that its gradient is checked too.
+    """
+    G = GATES[layer]
+    _, _, D, H = shape
+    directions = 2 if layer == "TimeBiLSTM" else 1
+    params = []
+    for _ in range(directions):
+        params += [
+            (rng.standard_normal((D, G * H)) / np.sqrt(D)).astype(dtype),
+            (rng.standard_normal((H, G * H)) / np.sqrt(H)).astype(dtype),
+            (0.1 * rng.standard_normal(G * H)).astype(dtype),
+        ]
+    return params
+
+
+def make_data(layer: str, shape: Shape, dtype, rng: np.random.Generator):
+    """Seeded ``xs`` (N, T, D) and upstream gradient ``dhs`` (N, T, H or 2H), both N(0, 1)."""
+    N, T, D, H = shape
+    xs = rng.standard_normal((N, T, D)).astype(dtype)
+    dhs = rng.standard_normal((N, T, output_width(layer, H))).astype(dtype)
+    return xs, dhs
+
+
+def gemm_flop(layer: str, shape: Shape) -> int:
+    """Floating-point operations in the matrix products of one forward+backward pass.
+
+    ``2*m*n*k`` per product over the ``T*N`` rows: forward ``xs @ Wx`` and ``h @ Wh``;
+    backward ``dA @ Wh.T`` (recurrent), ``dxs = dA @ Wx.T``, ``dWx = xs.T @ dA`` and
+    ``dWh = h.T @ dA``. That is ``6 * T * N * G*H * (D + H)``, doubled for TimeBiLSTM.
+    """
+    N, T, D, H = shape
+    rows, width = T * N, GATES[layer] * H
+    per_direction = 2 * rows * width * (3 * D + 3 * H)
+    return per_direction * (2 if layer == "TimeBiLSTM" else 1)
+
+
+def build_layer(module, layer: str, params: Sequence[np.ndarray]):
+    """``module.<layer>`` (fastrnn or fastrnn.reference) built on copies of ``params``."""
+    return getattr(module, layer)(*[p.copy() for p in params])
+
+
+def forward_backward(layer, xs: np.ndarray, dhs: np.ndarray) -> Callable[[], None]:
+    """A callable running ``layer.forward(xs)`` then ``layer.backward(dhs)``."""
+
+    def run():
+        layer.forward(xs)
+        layer.backward(dhs)
+
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """How far fastrnn is from the reference on one layer and shape."""
+
+    max_abs_error: float
+    error_over_tolerance: float  # the largest |diff| / allowed; passes when <= 1
+    worst_array: str
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.error_over_tolerance <= 1.0)
+
+
+def run_once(layer_obj, xs: np.ndarray, dhs: np.ndarray) -> dict[str, np.ndarray]:
+    """One forward and backward pass; returns copies of ``hs``, ``dxs`` and every grad."""
+    hs = layer_obj.forward(xs)
+    dxs = layer_obj.backward(dhs)
+    out = {"hs": np.array(hs), "dxs": np.array(dxs)}
+    names = ("dWx", "dWh", "db")
+    for i, grad in enumerate(layer_obj.grads):
+        suffix = "" if len(layer_obj.grads) == 3 else str(1 + i // 3)
+        out[names[i % 3] + suffix] = grad.copy()
+    return out
+
+
+def compare(fast: dict[str, np.ndarray], ref: dict[str, np.ndarray], dtype) -> CheckResult:
+    """Compare two :func:`run_once` results with the tolerance of ``dtype``."""
+    rtol, atol = TOLERANCE[np.dtype(dtype)]
+    max_abs, worst_ratio, worst_name = 0.0, 0.0, ""
+    for name, expected in ref.items():
+        actual = fast[name]
+        if actual.shape != expected.shape:
+            return CheckResult(float("inf"), float("inf"), f"{name} (shape)")
+        actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
+        # NaN against NaN and inf against the same inf count as equal, as in NumPy's tests.
+        same = (actual64 == expected64) | (np.isnan(actual64) & np.isnan(expected64))
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(actual64 - expected64))
+        finite = np.isfinite(expected64)
+        scale = max(1.0, float(np.max(np.abs(expected64[finite]), initial=0.0)))
+        allowed = atol * scale + rtol * np.abs(expected64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = float(np.max(np.where(diff == 0, 0.0, diff / allowed), initial=0.0))
+        abs_err = float(np.max(diff, initial=0.0))
+        if not np.all(np.isfinite(diff)):  # NaN or inf where the other has something else
+            ratio = abs_err = float("inf")
+        if ratio > worst_ratio or not worst_name:
+            worst_ratio, worst_name = ratio, name
+        max_abs = max(max_abs, abs_err)
+    return CheckResult(max_abs, worst_ratio, worst_name)
+
+
+# --------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------
+
+#: How long to warm an implementation up (or wait) before its timed rounds, in seconds:
+#: long enough for the other OpenBLAS library's spinning workers to go to sleep.
+SETTLE_SECONDS = 0.25
+
+
+def settle(fn: Callable[[], object], seconds: float = SETTLE_SECONDS) -> float:
+    """Warm ``fn`` up for ``seconds``; returns the fastest call seen.
+
+    Calls ``fn`` repeatedly until ``seconds`` have passed, at least once; if the first call
+    alone took longer than ``seconds``, sleeps ``seconds`` instead of calling it again, so
+    that other thread pools go idle either way.
+    """
+    start = time.perf_counter()
+    fastest = float("inf")
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        fastest = min(fastest, t1 - t0)
+        if t1 - start >= seconds:
+            break
+    if fastest >= seconds:
+        time.sleep(seconds)
+    return fastest
+
+
+def time_rounds(fn: Callable[[], object], rounds: int) -> list[float]:
+    """Seconds taken by each of ``rounds`` calls of ``fn``."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def rounds_for(estimate: float, max_rounds: int, budget: float, min_rounds: int = 3) -> int:
+    """How many rounds fit in ``budget`` seconds, between ``min_rounds`` and ``max_rounds``.
+
+    Calls slower than one second get a single round: only the reference is that slow, and
+    its ratio to fastrnn is then large enough that one round tells it.
+    """
+    if estimate > 1.0:
+        return 1
+    fit = int(budget / max(estimate, 1e-9))
+    return max(1, min(max_rounds, max(min_rounds, fit)))
+
+
+def measure(fn: Callable[[], object], max_rounds: int, budget: float) -> list[float]:
+    """Settle ``fn`` (see :func:`settle`), then time as many rounds as ``budget`` allows."""
+    estimate = settle(fn)
+    return time_rounds(fn, rounds_for(estimate, max_rounds, budget))
+
+
+class ForeignLoad:
+    """How many cores other processes kept busy since :meth:`start` (Linux; else None).
+
+    On a machine with few cores, other work matters a lot: a multithreaded BLAS call waits
+    for its slowest thread, so one busy core can make small products 10x slower. Timings
+    taken while this is well above 0 are not comparable with quiet ones.
+    """
+
+    def __init__(self):
+        self._start = None
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_seconds() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def start(self) -> ForeignLoad:
+        """Start (or restart) measuring; returns self."""
+        self._start = (self._busy_seconds(), self._own_seconds(), time.perf_counter())
+        return self
+
+    def cores(self) -> float | None:
+        """Average number of cores used by other processes since :meth:`start`."""
+        busy = self._busy_seconds()
+        if self._start is None or busy is None or self._start[0] is None:
+            return None
+        busy0, own0, wall0 = self._start
+        wall = time.perf_counter() - wall0
+        if wall <= 0:
+            return None
+        foreign = (busy - busy0) - (self._own_seconds() - own0)
+        return max(0.0, foreign / wall)
+
+
+#: Foreign load (cores) above which a row is marked as measured on a busy machine.
+BUSY_THRESHOLD = 0.25
+
+
+# --------------------------------------------------------------------------------------
+# BLAS peak, thread pools, PyTorch
+# --------------------------------------------------------------------------------------
+
+
+def blas_peak_runner(size: int = 2048, dtype=np.float32) -> tuple[Callable[[], None], int]:
+    """A ``size``-cubed ``?gemm`` through SciPy's BLAS (the library fastrnn's kernels call).
+
+    Returns
+    -------
+    run : callable
+        Computes ``C = A @ B`` in place for Fortran-ordered (size, size) arrays, so that no
+        copy is timed.
+    flop : int
+        ``2 * size**3``.
+    """
+    from scipy.linalg import blas
+
+    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+    rng = np.random.default_rng(seed_for("gemm", size))
+    a = np.asfortranarray(rng.standard_normal((size, size)), dtype=dtype)
+    b = np.asfortranarray(rng.standard_normal((size, size)), dtype=dtype)
+    c = np.zeros((size, size), dtype=dtype, order="F")
+
+    def run():
+        gemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
+
+    return run, 2 * size**3
+
+
+def blas_threads() -> int | None:
+    """Threads of the BLAS library that fastrnn's kernels use, or None if unknown."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas" and "scipy" in os.path.basename(lib.get("filepath", "")):
+            if "64_" not in os.path.basename(lib["filepath"]):  # NumPy's is the ILP64 one
+                return lib.get("num_threads")
+    return None
+
+
+@contextlib.contextmanager
+def limit_blas_threads(threads: int | None) -> Iterator[None]:
+    """Limit every BLAS library in the process to ``threads`` (None: leave them alone)."""
+    if threads is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise RuntimeError(
+            "limiting BLAS threads needs threadpoolctl (pip install threadpoolctl), or set "
+            "OPENBLAS_NUM_THREADS before starting Python"
+        ) from None
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run PyTorch's intra-op pool with ``threads`` threads, restoring the old count after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def torch_runner(layer: str, shape: Shape, dtype=np.float32) -> Callable[[], None]:
+    """Forward+backward of PyTorch's counterpart of ``layer`` (raises ImportError without it).
+
+    ``nn.RNN(tanh)``, ``nn.LSTM``, ``nn.GRU``, or ``nn.LSTM(bidirectional=True)``,
+    ``batch_first``, on seeded ``xs`` (N, T, D) that requires grad, with the upstream
+    gradient ``dhs`` passed to ``backward``. Gradients are reset (to None) before each call,
+    as an optimizer's ``zero_grad`` does, so they do not accumulate.
+    """
+    import torch
+
+    N, T, D, H = shape
+    torch_dtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    torch.manual_seed(seed_for("torch", layer, shape.label))
+    if layer == "TimeRNN":
+        module = torch.nn.RNN(D, H, nonlinearity="tanh", batch_first=True)
+    elif layer == "TimeGRU":
+        module = torch.nn.GRU(D, H, batch_first=True)
+    else:
+        module = torch.nn.LSTM(D, H, batch_first=True, bidirectional=layer == "TimeBiLSTM")
+    module = module.to(torch_dtype)
+    xs_np, dhs_np = make_data(layer, shape, dtype, np.random.default_rng(seed_for(layer, shape)))
+    xs = torch.from_numpy(xs_np).requires_grad_(True)
+    dhs = torch.from_numpy(dhs_np)
+
+    def run():
+        xs.grad = None
+        module.zero_grad(set_to_none=True)
+        hs, _ = module(xs)
+        hs.backward(dhs)
+
+    return run
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported (imports it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU, cores, package versions, BLAS libraries and thread-related environment.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``cpu``, ``logical_cores``, ``usable_cores``, ``python``,
+        ``versions`` (numpy, numba, scipy, torch, fastrnn), ``blas`` (one entry per library
+        threadpoolctl finds, or None without threadpoolctl) and ``env``.
+    """
+    import fastrnn._kernels  # noqa: F401  (loads SciPy's BLAS, so that threadpoolctl sees it)
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [
+            {
+                "library": os.path.basename(lib.get("filepath", "")),
+                "user_api": lib.get("user_api"),
+                "api": lib.get("internal_api"),
+                "version": lib.get("version"),
+                "architecture": lib.get("architecture"),
+                "threads": lib.get("num_threads"),
+                "threading_layer": lib.get("threading_layer"),
+            }
+            for lib in threadpool_info()
+        ]
+    except ImportError:
+        blas = None
+    env_names = (
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+        "OPENBLAS_CORETYPE",
+    )
+    return {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": platform.python_version(),
+        "versions": {
+            name: _version(name) for name in ("numpy", "numba", "scipy", "torch", "fastrnn")
+        },
+        "blas": blas,
+        "env": {name: os.environ[name] for name in env_names if name in os.environ},
+    }
+
+
+def format_machine_info(info: dict) -> list[str]:
+    """Plain-text lines describing :func:`machine_info`'s result."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    lines = [
+        f"CPU: {info['cpu']}, {info['logical_cores']} logical cores "
+        f"({info['usable_cores']} usable); Python {info['python']}",
+        f"Versions: {versions}",
+    ]
+    if info["blas"] is None:
+        lines.append("BLAS: unknown (install threadpoolctl to see the libraries and threads)")
+    else:
+        for lib in info["blas"]:
+            details = ", ".join(
+                str(v) for v in (lib["version"], lib["architecture"], lib["threading_layer"]) if v
+            )
+            lines.append(
+                f"{(lib.get('user_api') or 'blas').upper()}: {lib['library']} "
+                f"({lib['api']} {details}; {lib['threads']} threads)"
+            )
+    if info["env"]:
+        lines.append("Env: " + " ".join(f"{k}={v}" for k, v in info["env"].items()))
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+
+
+def format_ms(seconds: float | None) -> str:
+    """Milliseconds with three significant digits or so; ``-`` for a missing value."""
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    if ms < 1:
+        return f"{ms:.3f}"
+    if ms < 100:
+        return f"{ms:.2f}"
+    return f"{ms:.1f}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> str:
+    """An aligned plain-text table: the first ``left`` columns left-aligned, others right."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells):
+        return "  ".join(
+            str(c).ljust(w) if i < left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    """Check and times of one layer on one shape."""
+
+    layer: str
+    shape: Shape
+    check: CheckResult
+    reference: list[float]
+    fastrnn: list[float]
+    torch: dict[int, list[float]]  # threads -> round times
+    foreign_load: float | None = None  # cores used by other processes meanwhile
+
+    @property
+    def reference_median(self) -> float:
+        return statistics.median(self.reference)
+
+    @property
+    def fastrnn_median(self) -> float:
+        return statistics.median(self.fastrnn)
+
+    @property
+    def best_torch_median(self) -> float | None:
+        medians = [statistics.median(t) for t in self.torch.values()]
+        return min(medians) if medians else None
+
+
+def run_case(
+    layer: str,
+    shape: Shape,
+    dtype,
+    max_rounds: int,
+    budget: float,
+    torch_thread_counts: Sequence[int] = (),
+) -> CaseResult:
+    """Check ``layer`` on ``shape``, then time the reference, fastrnn and optionally torch."""
+    import fastrnn
+    from fastrnn import reference
+
+    load = ForeignLoad().start()
+    rng = np.random.default_rng(seed_for(layer, shape))
+    params = make_params(layer, shape, dtype, rng)
+    xs, dhs = make_data(layer, shape, dtype, rng)
+    ref_layer = build_layer(reference, layer, params)
+    fast_layer = build_layer(fastrnn, layer, params)
+    check = compare(run_once(fast_layer, xs, dhs), run_once(ref_layer, xs, dhs), dtype)
+
+    ref_times = measure(forward_backward(ref_layer, xs, dhs), max_rounds, budget)
+    fast_times = measure(forward_backward(fast_layer, xs, dhs), max_rounds, budget)
+    torch_times = {}
+    if torch_thread_counts:
+        run_torch = torch_runner(layer, shape, dtype)
+        for threads in torch_thread_counts:
+            with torch_threads(threads):
+                torch_times[threads] = measure(run_torch, max_rounds, budget)
+    return CaseResult(layer, shape, check, ref_times, fast_times, torch_times, load.cores())
+
+
+def measure_blas_peak(dtype, rounds: int = 5) -> float:
+    """Median GFLOP/s of a 2048^3 ``?gemm`` through SciPy's BLAS."""
+    run, flop = blas_peak_runner(2048, dtype)
+    settle(run)
+    return flop / statistics.median(time_rounds(run, rounds)) / 1e9
+
+
+def _check_cells(check: CheckResult) -> list[str]:
+    return [
+        f"{check.max_abs_error:.1e}",
+        f"{check.error_over_tolerance:.2f}",
+        "PASS" if check.passed else f"FAIL ({check.worst_array})",
+    ]
+
+
+def _speedup(baseline: float | None, fast: float) -> str:
+    return "-" if baseline is None else f"{baseline / fast:.1f}x"
+
+
+def _run(args, bench: bool) -> int:
+    dtype = np.dtype(args.dtype)
+    started = time.perf_counter()
+    info = machine_info()
+    print(
+        f"fastrnn {info['versions']['fastrnn'] or ''}: {'bench' if bench else 'check'}, "
+        f"{dtype.name}, forward+backward, median of rounds"
+    )
+    for line in format_machine_info(info):
+        print(line)
+
+    torch_thread_counts: tuple[int, ...] = ()
+    if bench and args.torch:
+        if torch_available():
+            torch_thread_counts = tuple(args.torch_threads)
+        else:
+            print("note: PyTorch is not installed; --torch ignored", file=sys.stderr)
+    peak = None
+    if bench:
+        load = ForeignLoad().start()
+        peak = measure_blas_peak(dtype)
+        kind = "sgemm" if dtype == np.float32 else "dgemm"
+        other = load.cores()
+        other_text = "" if other is None else f" (other load {other:.2f} cores)"
+        print(f"BLAS peak: {kind} 2048^3 through SciPy's BLAS: {peak:.1f} GFLOP/s{other_text}")
+    print(flush=True)
+
+    headers = ["layer", "shape NxTxDxH", "max abs err", "err/tol", "check"]
+    headers += ["reference ms", "fastrnn ms", "speedup"]
+    if bench:
+        headers += ["GFLOP/s", "% peak"]
+        headers += [f"torch {t}t ms" for t in torch_thread_counts]
+        if torch_thread_counts:
+            headers += ["vs torch"]
+    headers += ["rounds", "other load"]
+
+    rows, failures, busy_rows = [], 0, 0
+    show_progress = sys.stderr.isatty()
+    for layer in args.layers:
+        for shape in args.shapes:
+            result = run_case(layer, shape, dtype, args.repeat, args.budget, torch_thread_counts)
+            failures += not result.check.passed
+            fast = result.fastrnn_median
+            row = [layer, shape.label, *_check_cells(result.check)]
+            row += [format_ms(result.reference_median), format_ms(fast)]
+            row += [_speedup(result.reference_median, fast)]
+            if bench:
+                gflops = gemm_flop(layer, shape) / fast / 1e9
+                row += [f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%"]
+                row += [format_ms(statistics.median(t)) for t in result.torch.values()]
+                if torch_thread_counts:
+                    row += [_speedup(result.best_torch_median, fast)]
+            row += [f"{len(result.reference)}/{len(result.fastrnn)}"]
+            load = result.foreign_load
+            busy = load is not None and load > BUSY_THRESHOLD
+            busy_rows += busy
+            row += ["?" if load is None else f"{load:.2f}" + (" !" if busy else "")]
+            rows.append(row)
+            if show_progress:
+                print(f"  {layer} {shape.label}: done", file=sys.stderr, flush=True)
+    print(format_table(headers, rows))
+    total = len(rows)
+    elapsed = time.perf_counter() - started
+    print()
+    print(
+        "speedup = reference median / fastrnn median; rounds = reference/fastrnn rounds timed"
+        + ("; vs torch = best torch thread setting / fastrnn" if torch_thread_counts else "")
+        + "; other load = cores kept busy by other processes meanwhile"
+    )
+    if busy_rows:
+        print(
+            f"note: {busy_rows} row(s) marked ! ran while other processes kept more than "
+            f"{BUSY_THRESHOLD} of a core busy; their times can be several times too slow "
+            "(multithreaded BLAS waits for its slowest thread). Rerun on a quiet machine, "
+            "or compare with --blas-threads 1."
+        )
+    if failures:
+        print(f"FAILED: {failures} of {total} checks ({elapsed:.1f} s)")
+        return 1
+    print(f"all {total} checks passed ({elapsed:.1f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def _shape_arg(text: str) -> Shape:
+    try:
+        return Shape.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _layer_arg(text: str) -> str:
+    try:
+        return layer_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default_repeat: int) -> None:
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        type=_layer_arg,
+        default=list(LAYERS),
+        metavar="LAYER",
+        help="layers to run: rnn, lstm, gru, bilstm (default: all four)",
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=_shape_arg,
+        default=list(BOOK_SHAPES),
+        metavar="NxTxDxH",
+        help="shapes to run (default: the book's five)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="compute dtype (default: float32)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=default_repeat,
+        metavar="N",
+        help=f"at most N timed rounds per implementation (default: {default_repeat}); fewer "
+        "when they would exceed --budget, at least 3 unless one call takes over a second",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.4,
+        metavar="SECONDS",
+        help="time to spend on the rounds of one implementation on one shape (default: 0.4)",
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="limit every BLAS library (NumPy's, SciPy's) to N threads via threadpoolctl",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m fastrnn`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fastrnn",
+        usage="python -m fastrnn [{check,bench}] [options]",
+        description="Check fastrnn against fastrnn.reference on the book's shapes and time "
+        "forward+backward of both. Without a command, runs 'check' (options included: "
+        "'python -m fastrnn --layers lstm' is 'python -m fastrnn check --layers lstm'). "
+        "'python -m fastrnn check --help' and 'python -m fastrnn bench --help' list the "
+        "options.",
+        epilog="Exit status: 0 when every check passes, 1 when one fails, 2 on a usage error.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{check,bench}")
+    check = commands.add_parser(
+        "check",
+        prog="python -m fastrnn check",
+        help="(default) compare outputs, dxs and grads with the reference, and time both",
+        description="Compare fastrnn with fastrnn.reference (hs, dxs, grads) and time "
+        "forward+backward of both.",
+    )
+    _add_common_options(check, default_repeat=20)
+    bench = commands.add_parser(
+        "bench",
+        prog="python -m fastrnn bench",
+        help="check and time, with GFLOP/s, share of the sgemm peak, and optionally torch",
+        description="The check's comparison plus GFLOP/s of fastrnn's matrix products, their "
+        "share of a 2048^3 ?gemm peak measured in the same run, and optionally PyTorch.",
+    )
+    _add_common_options(bench, default_repeat=50)
+    bench.add_argument(
+        "--torch",
+        action="store_true",
+        help="also time torch.nn.RNN/LSTM/GRU (float, batch_first) when PyTorch is installed",
+    )
+    bench.add_argument(
+        "--torch-threads",
+        nargs="+",
+        type=_positive_int,
+        default=[1, 2],
+        metavar="N",
+        help="PyTorch thread counts to time, each a separate column (default: 1 2)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m fastrnn``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("check", "bench", "-h", "--help"):
+        argv = ["check", *argv]  # `python -m fastrnn [options]` is the check
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(limit_blas_threads(args.blas_threads))
+        except RuntimeError as err:
+            parser.error(str(err))
+        try:
+            return _run(args, bench=args.command == "bench")
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
