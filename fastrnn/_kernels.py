@@ -244,10 +244,49 @@ def _fast_sigmoid_overload(x):
 # Pieces shared by every cell type
 # --------------------------------------------------------------------------------------
 
-#: From this batch size on, the backward recurrent product ``dA_t @ W.T`` is computed as
-#: ``(W @ dA_t.T).T`` into an (H, N) scratch. OpenBLAS runs that orientation 1.4-1.8x
-#: faster for N = 20 and up to 1.15x for N = 128; for N <= 10 the direct one is faster.
-TRANSPOSED_BACKPROP_MIN_BATCH = 16
+# Which BLAS orientation runs the per-step recurrent products fastest depends on the shape.
+# Measured with OpenBLAS on 2 cores (AVX-512), all ratios per product:
+# * backward, ``dA_t @ W.T``: computing ``(W @ dA_t.T).T`` into an (H, N) scratch is
+#   1.3-1.8x faster for batches of 16 to 64; for N <= 10 and N = 128 the direct product is
+#   as fast or faster.
+# * forward, ``h @ Wh``: computing ``(Wh.T @ h.T).T`` from a contiguous copy of ``Wh.T`` is
+#   1.25-1.35x faster for H = 650 and N = 10..32, even with the transposed add, but
+#   0.4-0.9x for H <= 256 or N >= 64; the copy of ``Wh.T`` pays off from about T = 8.
+TRANSPOSED_BACKPROP_BATCHES = (16, 64)
+TRANSPOSED_FORWARD_BATCHES = (2, 48)
+TRANSPOSED_FORWARD_MIN_HIDDEN = 512
+TRANSPOSED_FORWARD_MIN_STEPS = 8
+
+
+def forward_uses_transposed_weights(N: int, T: int, H: int) -> bool:
+    """Whether the forward kernels should get a contiguous ``Wh.T`` for shape (N, T, ., H)."""
+    low, high = TRANSPOSED_FORWARD_BATCHES
+    return (
+        low <= N <= high
+        and H >= TRANSPOSED_FORWARD_MIN_HIDDEN
+        and T >= TRANSPOSED_FORWARD_MIN_STEPS
+    )
+
+
+@helper
+def _recurrent_product(A, h_prev, W, WT, scratchT):
+    """``A += h_prev @ W``: the per-step recurrent product of the forward pass.
+
+    ``A`` (N, G); ``h_prev`` (N, H); ``W`` (H, G). ``WT`` is either empty or a contiguous
+    ``W.T`` (G, H), in which case the product goes through ``scratchT`` (G, N) in the
+    orientation that is faster for wide, small-batch products.
+    """
+    if WT.shape[0] == 0:
+        _gemm(A, h_prev, W, False, False, True)
+        return
+    _gemm(scratchT, WT, h_prev, False, True, False)
+    N, G = A.shape
+    for n0 in range(0, N, 16):  # blocks of 16 batch rows: one cache line of scratchT
+        n1 = min(n0 + 16, N)
+        for g in range(G):
+            s = scratchT[g]
+            for n in range(n0, n1):
+                A[n, g] += s[n]
 
 
 @helper
@@ -257,7 +296,8 @@ def _backprop_to_state(dh, dhT, dA_t, W, accumulate):
     ``dh`` (N, H); ``dhT`` (H, N) scratch; ``dA_t`` (N, G); ``W`` (H, G).
     """
     N, H = dh.shape
-    if N < TRANSPOSED_BACKPROP_MIN_BATCH:
+    low, high = TRANSPOSED_BACKPROP_BATCHES
+    if N < low or N > high:
         _gemm(dh, dA_t, W, False, True, accumulate)
         return
     _gemm(dhT, W, dA_t, False, True, False)
@@ -304,24 +344,28 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
 
 
 @kernel
-def rnn_forward(h_hist, xs, Wx, Wh, b):
+def rnn_forward(h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """Run a plain RNN over a sequence.
 
     Parameters
     ----------
     h_hist : (T + 1, N, H) array
         In: ``h_hist[0]`` is the initial state. Out: the state after every step.
+    scratchT : (H, N) array
+        Scratch, used with ``WhT``.
     xs : (T, N, D) array
         The inputs, time-major.
     Wx : (D, H) array
     Wh : (H, H) array
     b : (H,) array
+    WhT : (H, H) or (0, H) array
+        A contiguous ``Wh.T`` when :func:`forward_uses_transposed_weights`, else empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
     _gemm(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
-        _gemm(h_hist[t + 1], h_hist[t], Wh, False, False, True)
+        _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
             h = h_hist[t + 1, n]
             for j in range(H):
@@ -373,7 +417,7 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh):
 
 
 @kernel
-def lstm_forward(gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, b):
+def lstm_forward(gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """Run an LSTM over a sequence.
 
     Parameters
@@ -386,17 +430,21 @@ def lstm_forward(gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, b):
         Out: ``tanh(c_t)`` of every step, kept for the backward pass.
     h_hist : (T + 1, N, H) array
         In: ``h_hist[0]`` is the initial state. Out: the state after every step.
+    scratchT : (4H, N) array
+        Scratch, used with ``WhT``.
     xs : (T, N, D) array
     Wx : (D, 4H) array
     Wh : (H, 4H) array
     b : (4H,) array
+    WhT : (4H, H) or (0, H) array
+        A contiguous ``Wh.T`` when :func:`forward_uses_transposed_weights`, else empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
     b_f, b_g, b_io = b[:H], b[H : 2 * H], b[2 * H :]
     _gemm(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
-        _gemm(gates[t], h_hist[t], Wh, False, False, True)
+        _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
             a = gates[t, n]
             f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
@@ -486,7 +534,7 @@ def lstm_backward(
 
 
 @kernel
-def gru_forward(gates, rh, h_hist, xs, Wx, Wh, b):
+def gru_forward(gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """Run a GRU over a sequence.
 
     Parameters
@@ -497,10 +545,14 @@ def gru_forward(gates, rh, h_hist, xs, Wx, Wh, b):
         Out: ``r * h_{t-1}`` of every step, the input of the candidate's product.
     h_hist : (T + 1, N, H) array
         In: ``h_hist[0]`` is the initial state. Out: the state after every step.
+    scratchT : (3H, N) array
+        Scratch, used with ``WhT``.
     xs : (T, N, D) array
     Wx : (D, 3H) array
     Wh : (H, 3H) array
     b : (3H,) array
+    WhT : (3H, H) or (0, H) array
+        A contiguous ``Wh.T`` when :func:`forward_uses_transposed_weights`, else empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -509,7 +561,7 @@ def gru_forward(gates, rh, h_hist, xs, Wx, Wh, b):
     _gemm(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     for t in range(T):
-        _gemm(gates[t, :, : 2 * H], h_hist[t], Wh_zr, False, False, True)
+        _recurrent_product(gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H])
         for n in range(N):
             a = gates[t, n]
             zr, r = a[: 2 * H], a[H : 2 * H]
@@ -519,7 +571,7 @@ def gru_forward(gates, rh, h_hist, xs, Wx, Wh, b):
                 zr[j] = fast_sigmoid(zr[j] + b_zr[j])
             for j in range(H):
                 rh_n[j] = r[j] * h_prev[j]
-        _gemm(gates[t, :, 2 * H :], rh[t], Wh_h, False, False, True)
+        _recurrent_product(gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :])
         for n in range(N):
             a = gates[t, n]
             z, h_cand = a[:H], a[2 * H :]

@@ -29,9 +29,15 @@ def assert_close(actual, expected, dtype=None, err_msg=""):
 
 
 def make_params(rng, family, D, H, dtype, scale=0.5):
-    """``[Wx (D, G*H), Wh (H, G*H), b (G*H,)]`` for ``family`` in ``GATES``."""
+    """``[Wx (D, G*H), Wh (H, G*H), b (G*H,)]`` for ``family`` in ``GATES``.
+
+    Entries have standard deviation ``scale``, lowered to ``1.5 / sqrt(fan_in)`` for wide
+    matrices so that pre-activations stay of order one, as with the book's initialisation.
+    Otherwise a wide recurrence is chaotic and float32 rounding grows past any tolerance.
+    """
     G = GATES[family]
+    stds = (min(scale, 1.5 / np.sqrt(D)), min(scale, 1.5 / np.sqrt(H)), scale)
     return [
-        (scale * rng.standard_normal(shape)).astype(dtype)
-        for shape in ((D, G * H), (H, G * H), (G * H,))
+        (std * rng.standard_normal(shape)).astype(dtype)
+        for std, shape in zip(stds, ((D, G * H), (H, G * H), (G * H,)), strict=True)
     ]

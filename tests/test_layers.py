@@ -35,8 +35,8 @@ dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
 time_layers = pytest.mark.parametrize("name", TIME_LAYERS)
 uni_layers = pytest.mark.parametrize("name", UNI_LAYERS)
 
-#: (N, T, D, H) edge shapes and larger cases. N >= TRANSPOSED_BACKPROP_MIN_BATCH takes the
-#: kernels' other BLAS orientation for the backward recurrent product.
+#: (N, T, D, H) edge shapes and larger cases, including shapes on each side of the
+#: kernels' switches between BLAS orientations (see test_shapes_cover_every_orientation).
 SHAPES = {
     "N1": (1, 4, 3, 5),
     "T1": (3, 1, 4, 5),
@@ -46,6 +46,8 @@ SHAPES = {
     "all1": (1, 1, 1, 1),
     "N7-T9-D5-H11": (7, 9, 5, 11),
     "N17-T6-D4-H9": (17, 6, 4, 9),
+    "N65-T2-D3-H4": (65, 2, 3, 4),
+    "N3-T8-D4-H512": (3, 8, 4, 512),
 }
 
 # --------------------------------------------------------------------------------------
@@ -697,9 +699,16 @@ def test_cell_outputs_are_fresh_and_grads_overwritten(rng, family):
         np.testing.assert_array_equal(a, k)
 
 
-def test_shapes_cover_both_backprop_orientations():
-    """SHAPES keeps batches on both sides of the kernels' BLAS orientation switch."""
-    from fastrnn._kernels import TRANSPOSED_BACKPROP_MIN_BATCH
+def test_shapes_cover_every_orientation():
+    """SHAPES exercises both BLAS orientations of the forward and the backward products."""
+    from fastrnn import _kernels
 
+    low, high = _kernels.TRANSPOSED_BACKPROP_BATCHES
     batches = {shape[0] for shape in SHAPES.values()}
-    assert min(batches) < TRANSPOSED_BACKPROP_MIN_BATCH <= max(batches)
+    assert any(N < low for N in batches)
+    assert any(low <= N <= high for N in batches)
+    assert any(N > high for N in batches)
+    transposed = [
+        _kernels.forward_uses_transposed_weights(N, T, H) for N, T, _, H in SHAPES.values()
+    ]
+    assert any(transposed) and not all(transposed)
