@@ -77,7 +77,7 @@ def check_params(params, gates: int, layer: str):
         )
     if b.shape != (gates * H,):
         raise ValueError(f"b must have shape ({gates * H},) to match Wh {Wh.shape}, got {b.shape}")
-    return tuple(np.ascontiguousarray(p) for p in params)
+    return tuple(p if p.flags.c_contiguous else np.ascontiguousarray(p) for p in params)
 
 
 def _gate_width(gates: int) -> str:

@@ -42,19 +42,33 @@ class _Workspace:
 
     ``take`` returns a C-contiguous view of the requested shape. A buffer is reallocated
     only when it must grow (or the dtype changes), so alternating between a large and a
-    small batch does not allocate on every call.
+    small batch does not allocate on every call. Views are remembered per shape, so that a
+    call at a shape seen before costs one dictionary lookup.
     """
+
+    #: Views remembered per buffer; more distinct shapes than this start the memo afresh.
+    MAX_VIEWS_PER_BUFFER = 8
 
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}
+        self._views: dict[str, dict[tuple, np.ndarray]] = {}
 
     def take(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        views = self._views.get(name)
+        if views is not None:
+            view = views.get((shape, dtype))
+            if view is not None:
+                return view
         size = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.dtype != dtype or buffer.size < size:
             buffer = np.empty(max(size, 1), dtype=dtype)
             self._buffers[name] = buffer
-        return buffer[:size].reshape(shape)
+            views = None  # views of the old buffer must not be handed out again
+        if views is None or len(views) >= self.MAX_VIEWS_PER_BUFFER:
+            views = self._views[name] = {}
+        view = views[(shape, dtype)] = buffer[:size].reshape(shape)
+        return view
 
     @property
     def nbytes(self) -> int:
