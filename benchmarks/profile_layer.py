@@ -78,9 +78,11 @@ from fastrnn._jit import helper
 from fastrnn._kernels import (
     _gemm,
     _input_side_grads,
+    _recurrent_product,
     _recurrent_weight_grad,
     fast_sigmoid,
     fast_tanh,
+    forward_uses_transposed_weights,
 )
 
 # --------------------------------------------------------------------------------------
@@ -118,23 +120,23 @@ def _repeat_recurrent_weight_grad(reps, dWh, h_hist, dA):
 
 
 @helper
-def _repeat_forward_recurrent_gemms(reps, out, h_hist, Wh):
-    # RNN and LSTM: out[t] += h_{t-1} @ Wh for every step.
+def _repeat_forward_recurrent_gemms(reps, out, h_hist, Wh, WhT, scratchT):
+    # RNN and LSTM: out[t] += h_{t-1} @ Wh for every step, as the kernels do it.
     for _ in range(reps):
         for t in range(out.shape[0]):
-            _gemm(out[t], h_hist[t], Wh, False, False, True)
+            _recurrent_product(out[t], h_hist[t], Wh, WhT, scratchT)
 
 
 @helper
-def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh):
+def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT):
     H = Wh.shape[0]
     Wh_zr = Wh[:, : 2 * H]
     Wh_h = Wh[:, 2 * H :]
     for _ in range(reps):
         for t in range(out.shape[0]):
             A = out[t]
-            _gemm(A[:, : 2 * H], h_hist[t], Wh_zr, False, False, True)
-            _gemm(A[:, 2 * H :], rh[t], Wh_h, False, False, True)
+            _recurrent_product(A[:, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H])
+            _recurrent_product(A[:, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :])
 
 
 @helper
@@ -439,12 +441,20 @@ class Breakdown:
             "GEMM",
             2 * rows * D * G * H,
         )
+        # The kernels' choice of orientation: a contiguous Wh.T for wide, small batches.
+        N = xs_tm.shape[1]
+        if forward_uses_transposed_weights(N, T, H):
+            WhT, scratchT = np.ascontiguousarray(Wh.T), np.empty((G * H, N), Wh.dtype)
+        else:
+            WhT, scratchT = np.empty((0, H), Wh.dtype), np.empty((0, N), Wh.dtype)
         if layer == "TimeGRU":
             rh = act["rh"]
             recurrent = self.add(
                 f,
                 f"GEMM recurrent h @ Wh ({2 * T} calls)",
-                lambda r: _repeat_gru_forward_recurrent_gemms(r, pre_scratch, h_hist, rh, Wh),
+                lambda r: _repeat_gru_forward_recurrent_gemms(
+                    r, pre_scratch, h_hist, rh, Wh, WhT, scratchT
+                ),
                 "GEMM",
                 2 * rows * H * G * H,
             )
@@ -452,7 +462,9 @@ class Breakdown:
             recurrent = self.add(
                 f,
                 f"GEMM recurrent h @ Wh ({T} calls)",
-                lambda r: _repeat_forward_recurrent_gemms(r, pre_scratch, h_hist, Wh),
+                lambda r: _repeat_forward_recurrent_gemms(
+                    r, pre_scratch, h_hist, Wh, WhT, scratchT
+                ),
                 "GEMM",
                 2 * rows * H * G * H,
             )
