@@ -76,6 +76,7 @@ from fastrnn._cli import (
 )
 from fastrnn._jit import helper
 from fastrnn._kernels import (
+    _bias_grad,
     _gemm,
     _input_side_grads,
     _recurrent_product,
@@ -106,11 +107,7 @@ def _repeat_input_side_grads(reps, dxs2d, dWx, db, dA2d, x2d, Wx):
 def _repeat_bias_grad(reps, db, dA2d):
     # The db reduction of _input_side_grads, on its own.
     for _ in range(reps):
-        db[:] = 0
-        for r in range(dA2d.shape[0]):
-            row = dA2d[r]
-            for j in range(row.size):
-                db[j] += row[j]
+        _bias_grad(db, dA2d)
 
 
 @helper

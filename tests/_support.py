@@ -21,6 +21,20 @@ DTYPES = [np.float32, np.float64]
 #: Number of gate blocks per layer family.
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 
+#: Layer class names, as in ``fastrnn`` and ``fastrnn.reference``, and their families.
+TIME_KINDS = ("TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM")
+CELL_KINDS = ("RNN", "LSTM", "GRU")
+ALL_KINDS = TIME_KINDS + CELL_KINDS
+FAMILY = {
+    "RNN": "RNN",
+    "TimeRNN": "RNN",
+    "LSTM": "LSTM",
+    "TimeLSTM": "LSTM",
+    "TimeBiLSTM": "LSTM",
+    "GRU": "GRU",
+    "TimeGRU": "GRU",
+}
+
 
 def assert_close(actual, expected, dtype=None, err_msg=""):
     """Compare with the tolerance of ``dtype`` (default: ``expected``'s dtype)."""

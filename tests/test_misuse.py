@@ -22,25 +22,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from _support import DTYPES, GATES, TOLERANCE, make_params
+from _support import (
+    ALL_KINDS,
+    CELL_KINDS,
+    DTYPES,
+    FAMILY,
+    GATES,
+    TIME_KINDS,
+    TOLERANCE,
+    make_params,
+)
 
 import fastrnn
 import fastrnn._kernels as kernels_module
 from fastrnn import reference
 
-TIME_KINDS = ("TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM")
 SINGLE_TIME_KINDS = ("TimeRNN", "TimeLSTM", "TimeGRU")  # the ones with set_state
-CELL_KINDS = ("RNN", "LSTM", "GRU")
-ALL_KINDS = TIME_KINDS + CELL_KINDS
-FAMILY = {
-    "RNN": "RNN",
-    "TimeRNN": "RNN",
-    "LSTM": "LSTM",
-    "TimeLSTM": "LSTM",
-    "TimeBiLSTM": "LSTM",
-    "GRU": "GRU",
-    "TimeGRU": "GRU",
-}
 KERNEL_NAMES = (
     "rnn_forward",
     "rnn_backward",

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _support import DTYPES, GATES, TOLERANCE
+from _support import CELL_KINDS, DTYPES, FAMILY, GATES, TIME_KINDS, TOLERANCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
 from fastrnn import reference
 
-TIME_KINDS = ("TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM")
-CELL_KINDS = ("RNN", "LSTM", "GRU")
-FAMILY = {
-    "RNN": "RNN",
-    "TimeRNN": "RNN",
-    "LSTM": "LSTM",
-    "TimeLSTM": "LSTM",
-    "TimeBiLSTM": "LSTM",
-    "GRU": "GRU",
-    "TimeGRU": "GRU",
-}
 LAYOUTS = ("C", "F", "strided", "reversed")
 INPUT_DTYPES = (np.float16, np.float32, np.float64)
 

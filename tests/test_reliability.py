@@ -35,7 +35,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-from _support import DTYPES, TOLERANCE, make_params
+from _support import ALL_KINDS, CELL_KINDS, DTYPES, FAMILY, TIME_KINDS, TOLERANCE, make_params
 from numba import types
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import cpu_target
@@ -44,18 +44,6 @@ import fastrnn
 from fastrnn import _jit, reference
 from fastrnn import _kernels as kernels_module
 
-TIME_KINDS = ("TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM")
-CELL_KINDS = ("RNN", "LSTM", "GRU")
-ALL_KINDS = TIME_KINDS + CELL_KINDS
-FAMILY = {
-    "RNN": "RNN",
-    "TimeRNN": "RNN",
-    "LSTM": "LSTM",
-    "TimeLSTM": "LSTM",
-    "TimeBiLSTM": "LSTM",
-    "GRU": "GRU",
-    "TimeGRU": "GRU",
-}
 PACKAGE_DIR = Path(fastrnn.__file__).resolve().parent
 FORBIDDEN_FASTMATH = {"nnan", "ninf", "fast"}
 
