@@ -110,11 +110,11 @@ class _Recurrence:
             c_hist = ws.take("c_hist", (T + 1, N, H), dtype)
             _set_initial(c_hist[0], c0)
         # Wide, small-batch products run faster against a contiguous copy of Wh.T.
-        G = self.gates * H
+        gate_width = self.gates * H
         if kernels.forward_uses_transposed_weights(N, T, H):
-            WhT = ws.take("WhT", (G, H), dtype)
+            WhT = ws.take("WhT", (gate_width, H), dtype)
             np.copyto(WhT, Wh.T)
-            scratchT = ws.take("scratchT", (G, N), dtype)
+            scratchT = ws.take("scratchT", (gate_width, N), dtype)
         else:
             WhT = ws.take("WhT", (0, H), dtype)
             scratchT = ws.take("scratchT", (0, N), dtype)
