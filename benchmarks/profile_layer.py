@@ -81,6 +81,7 @@ from fastrnn._kernels import (
     _input_side_grads,
     _recurrent_product,
     _recurrent_weight_grad,
+    backward_uses_transposed_weights,
     fast_sigmoid,
     fast_tanh,
     forward_uses_transposed_weights,
@@ -137,26 +138,26 @@ def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT
 
 
 @helper
-def _repeat_backward_recurrent_products(reps, backprop, dh, dhT, dA, Wh):
+def _repeat_backward_recurrent_products(reps, backprop, dh, dhT, dA, Wh, WhT):
     # RNN and LSTM: dh = dA_t @ Wh.T for every step, the way the kernels compute it.
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            backprop(dh, dhT, dA[t], Wh, False)
+            backprop(dh, dhT, dA[t], Wh, WhT, False)
 
 
 @helper
-def _repeat_gru_backward_recurrent_products(reps, backprop, dh, dhr, dhT, dA, Wh):
+def _repeat_gru_backward_recurrent_products(reps, backprop, dh, dhr, dhT, dA, Wh, WhT):
     H = Wh.shape[0]
-    Wh_zr = Wh[:, : 2 * H]
-    Wh_h = Wh[:, 2 * H :]
+    Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
+    WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            backprop(dhr, dhT, dA[t, :, 2 * H :], Wh_h, False)
-            backprop(dh, dhT, dA[t, :, : 2 * H], Wh_zr, True)
+            backprop(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False)
+            backprop(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True)
 
 
 @helper
-def _plain_backprop_to_state(dh, dhT, dA_t, W, accumulate):
+def _plain_backprop_to_state(dh, dhT, dA_t, W, WT, accumulate):
     # The direct product, for kernels without a _backprop_to_state helper.
     _gemm(dh, dA_t, W, False, True, accumulate)
 
@@ -542,13 +543,18 @@ class Breakdown:
         # Copying dhs over the RNN's in-place dA changed nothing the GEMMs' cost depends on.
         backprop = getattr(kernels, "_backprop_to_state", _plain_backprop_to_state)
         dh_s, dhr_s, dhT_s = _scratch(dh), _scratch(dh), np.zeros((H, N), dtype)
+        # The layer's choice: a contiguous Wh.T for small weights and batches.
+        if backward_uses_transposed_weights(N, T, H, G):
+            WhT = np.ascontiguousarray(Wh.T)
+        else:
+            WhT = np.empty((0, H), dtype)
         how = "via _backprop_to_state" if backprop is not _plain_backprop_to_state else "direct"
         if layer == "TimeGRU":
             recurrent = self.add(
                 b,
                 f"GEMM recurrent dA @ Wh.T ({2 * T} calls, {how})",
                 lambda r: _repeat_gru_backward_recurrent_products(
-                    r, backprop, dh_s, dhr_s, dhT_s, dA, Wh
+                    r, backprop, dh_s, dhr_s, dhT_s, dA, Wh, WhT
                 ),
                 "GEMM",
                 flop_recurrent,
@@ -557,7 +563,9 @@ class Breakdown:
             recurrent = self.add(
                 b,
                 f"GEMM recurrent dA @ Wh.T ({T} calls, {how})",
-                lambda r: _repeat_backward_recurrent_products(r, backprop, dh_s, dhT_s, dA, Wh),
+                lambda r: _repeat_backward_recurrent_products(
+                    r, backprop, dh_s, dhT_s, dA, Wh, WhT
+                ),
                 "GEMM",
                 flop_recurrent,
             )
@@ -601,7 +609,12 @@ class Breakdown:
         kernel = restored_kernel - restore
         gemms = recurrent + input_side + dWh_time
         self.phases.append(
-            Phase(b, "cell element-wise (kernel total - its GEMMs)", kernel - gemms, "element-wise")
+            Phase(
+                b,
+                "cell element-wise (kernel total - its GEMMs)",
+                kernel - gemms,
+                "element-wise",
+            )
         )
         self.phases.append(Phase(b, "(kernel total, timed whole)", kernel))
 

@@ -153,7 +153,14 @@ class _Recurrence:
             for i, g in enumerate(grads)
         ]
         dhT = ws.take("dhT", (H, N), dtype)
-        self._run_backward(dxs_tm, targets, dh, dc, dhT, dhs_tm, saved)
+        # Small weights, small batches: dA_t @ Wh.T is faster against a contiguous Wh.T.
+        # Copied afresh: Wh may have changed in place since the forward.
+        if kernels.backward_uses_transposed_weights(N, T, H, self.gates):
+            WhT = ws.take("WhT", (self.gates * H, H), dtype)
+            np.copyto(WhT, Wh.T)
+        else:
+            WhT = ws.take("WhT", (0, H), dtype)
+        self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, dhs_tm, saved)
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
@@ -166,7 +173,7 @@ class _Recurrence:
     def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
         raise NotImplementedError
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
         raise NotImplementedError
 
 
@@ -184,10 +191,19 @@ class _RNNRecurrence(_Recurrence):
         kernels.rnn_forward(h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return {}
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
         # dhs_tm becomes the pre-activation gradient in place: it is refilled every call.
         kernels.rnn_backward(
-            dxs_tm, *grads, dh, dhT, dhs_tm, saved["h_hist"], saved["xs"], saved["Wx"], saved["Wh"]
+            dxs_tm,
+            *grads,
+            dh,
+            dhT,
+            dhs_tm,
+            saved["h_hist"],
+            saved["xs"],
+            saved["Wx"],
+            saved["Wh"],
+            WhT,
         )
 
 
@@ -203,7 +219,7 @@ class _LSTMRecurrence(_Recurrence):
         kernels.lstm_forward(gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return dict(gates=gates, tanh_c=tanh_c)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         kernels.lstm_backward(
@@ -221,6 +237,7 @@ class _LSTMRecurrence(_Recurrence):
             saved["xs"],
             saved["Wx"],
             saved["Wh"],
+            WhT,
         )
 
 
@@ -235,7 +252,7 @@ class _GRURecurrence(_Recurrence):
         kernels.gru_forward(gates, rh, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return dict(gates=gates, rh=rh)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         dhr = self.ws.take("dhr", dh.shape, dh.dtype)
@@ -253,6 +270,7 @@ class _GRURecurrence(_Recurrence):
             saved["xs"],
             saved["Wx"],
             saved["Wh"],
+            WhT,
         )
 
 

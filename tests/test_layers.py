@@ -45,7 +45,8 @@ SHAPES = {
     "D6-H2": (2, 3, 6, 2),
     "all1": (1, 1, 1, 1),
     "N7-T9-D5-H11": (7, 9, 5, 11),
-    "N17-T6-D4-H9": (17, 6, 4, 9),
+    "N17-T8-D4-H9": (17, 8, 4, 9),
+    "N25-T3-D4-H6": (25, 3, 4, 6),
     "N65-T2-D3-H4": (65, 2, 3, 4),
     "N3-T8-D4-H512": (3, 8, 4, 512),
 }
@@ -359,6 +360,23 @@ def test_in_place_param_updates_are_seen(rng, name, dtype):
         hs, _ = run_both(fast, reference, xs, dhs, dtype, label=f"after {update}: ")
         assert not np.allclose(hs, hs_before)
         hs_before = hs
+
+
+@time_layers
+@pytest.mark.parametrize("shape_id", ["N17-T8-D4-H9", "N25-T3-D4-H6", "N3-T8-D4-H512"])
+def test_update_between_forward_and_backward(rng, name, shape_id):
+    """An in-place change of Wh after forward is seen by backward, as in the book, on every
+    route the backward product can take (and after a forward that copied Wh.T)."""
+    N, T, D, H = SHAPES[shape_id]
+    fast, reference, _, ref_params = make_pair(rng, name, D, H, np.float64)
+    xs = randn(rng, (N, T, D))
+    dhs = randn(rng, (N, T, out_width(name, H)))
+    forward_both(fast, reference, xs, np.float64)
+    for p, p_ref in zip(fast.params, ref_params, strict=True):
+        if p.ndim == 2 and p.shape[0] == H:  # every Wh (TimeBiLSTM has two)
+            p *= -0.5
+            p_ref[...] = p
+    backward_both(fast, reference, dhs, np.float64)
 
 
 @time_layers
@@ -700,14 +718,19 @@ def test_cell_outputs_are_fresh_and_grads_overwritten(rng, family):
 
 
 def test_shapes_cover_every_orientation():
-    """SHAPES exercises both BLAS orientations of the forward and the backward products."""
+    """SHAPES exercises every BLAS orientation of the forward and the backward products."""
     from fastrnn import _kernels
 
     low, high = _kernels.TRANSPOSED_BACKPROP_BATCHES
-    batches = {shape[0] for shape in SHAPES.values()}
-    assert any(N < low for N in batches)
-    assert any(low <= N <= high for N in batches)
-    assert any(N > high for N in batches)
+
+    def backward_route(N, T, H, gates):
+        if _kernels.backward_uses_transposed_weights(N, T, H, gates):
+            return "dA @ contiguous W.T"
+        return "(W @ dA.T).T" if low <= N <= high else "dA @ W.T"
+
+    for gates in (1, 3, 4):
+        routes = {backward_route(N, T, H, gates) for N, T, _, H in SHAPES.values()}
+        assert len(routes) == 3, (gates, routes)
     transposed = [
         _kernels.forward_uses_transposed_weights(N, T, H) for N, T, _, H in SHAPES.values()
     ]
