@@ -31,14 +31,16 @@ call is timed with them. The kernels are not modified:
   needs (forward only; the backward pass has none). Computing the element-wise share by
   difference keeps the profiler valid while the kernels' loops change.
 * *layout copies* are the NumPy copies the layer makes between the caller's batch-major
-  ``(N, T, .)`` arrays and the kernels' time-major ``(T, N, .)`` workspaces.
+  ``(N, T, .)`` arrays and the kernels' time-major ``(T, N, .)`` workspaces: ``xs`` in,
+  ``dxs`` out. (``hs`` and ``dhs`` need none: the kernels write and read them batch-major
+  as part of their element-wise work.)
 * *Python* lines are the layer's argument checks, the Numba dispatch of each kernel call
   (a compiled function that does nothing, called from Python with the kernel's
   arguments: type checks, unboxing), and the rest of the layer method (its total minus
   everything timed inside it, so it carries the noise of all the other lines).
 
-The backward kernels overwrite some of their inputs (the upstream gradient, the state
-gradients the layer zeroes); those are restored before every repetition and the restore
+The backward kernels overwrite some of their inputs (the state gradients the layer zeroes
+or fills); those are restored before every repetition and the restore
 time, measured alone, is subtracted.
 
 Every line is the median over ``--repeat`` samples; a sample repeats the phase for about a
@@ -501,14 +503,8 @@ class Breakdown:
             "Python",
         )
         call_python = kernel + dispatch
-        hs_tm = h_hist[1:]
-        copy_out = self.add(
-            f,
-            "hs -> batch-major copy",
-            python_loop(lambda: np.ascontiguousarray(hs_tm.transpose(1, 0, 2))),
-            "copies",
-        )
-        return call_python, checks, copy_in + copy_out
+        # No copy of hs: the kernel writes it, batch-major, as part of its element-wise work.
+        return call_python, checks, copy_in
 
     def _backward(self):
         layer, fast, dhs = self.layer, self.fast, self.dhs
@@ -520,11 +516,10 @@ class Breakdown:
         act = saved["activations"]
         xs_tm, h_hist, Wx, Wh = (saved[k] for k in ("xs", "h_hist", "Wx", "Wh"))
         dtype = Wx.dtype
-        dhs_tm = ws.take("dhs", (T, N, H), dtype)
         dxs_tm = ws.take("dxs", (T, N, D), dtype)
         dh = ws.take("dh", (N, H), dtype)
-        refilled = [dhs_tm, dh] + ([ws.take("dc", (N, H), dtype)] if layer == "TimeLSTM" else [])
-        dA = dhs_tm if layer == "TimeRNN" else ws.take("dA", (T, N, G * H), dtype)
+        refilled = [dh] + ([ws.take("dc", (N, H), dtype)] if layer == "TimeLSTM" else [])
+        dA = ws.take("dA", (T, N, G * H), dtype)
         dA2d = dA.reshape((rows, G * H))
         x2d = xs_tm.reshape((rows, D))
         b = "backward"
@@ -534,13 +529,7 @@ class Breakdown:
         checks = self.add(
             b, "argument checks", python_loop(lambda: fast._check_backward(dhs)), "Python"
         )
-        copy_in = self.add(
-            b,
-            "dhs -> time-major copy",
-            python_loop(lambda: np.copyto(dhs_tm, dhs.transpose(1, 0, 2), casting="same_kind")),
-            "copies",
-        )
-        # Copying dhs over the RNN's in-place dA changed nothing the GEMMs' cost depends on.
+        # No copy of dhs: the kernel reads the caller's C-contiguous array as it is.
         backprop = getattr(kernels, "_backprop_to_state", _plain_backprop_to_state)
         dh_s, dhr_s, dhT_s = _scratch(dh), _scratch(dh), np.zeros((H, N), dtype)
         # The layer's choice: a contiguous Wh.T for small weights and batches.
@@ -631,7 +620,7 @@ class Breakdown:
             python_loop(lambda: np.ascontiguousarray(dxs_tm.transpose(1, 0, 2))),
             "copies",
         )
-        return call_python, checks, copy_in + copy_out
+        return call_python, checks, copy_out
 
 
 # --------------------------------------------------------------------------------------

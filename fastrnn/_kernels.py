@@ -12,6 +12,9 @@ Conventions
   state after step ``t``. LSTM's ``c_hist`` likewise.
 * Gate blocks are packed along the last axis in the book's order: LSTM ``f, g, i, o``,
   GRU ``z, r, h~``.
+* The caller's arrays are batch-major, ``(N, T, .)``: the forward kernels also write the
+  states straight into a fresh batch-major ``hs`` while they are in cache, and the backward
+  kernels read the caller's ``dhs`` as it is, so neither needs a layout copy.
 * Argument order: outputs and saved activations first, then inputs and parameters.
 * The products that do not depend on the recurrence (``xs @ Wx``, ``dWx``, ``dWh``,
   ``dxs``) are single large GEMMs outside the time loop; only ``h @ Wh`` and
@@ -370,11 +373,13 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
 
 
 @kernel
-def rnn_forward(h_hist, scratchT, xs, Wx, Wh, b, WhT):
+def rnn_forward(hs, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """Run a plain RNN over a sequence.
 
     Parameters
     ----------
+    hs : (N, T, H) array
+        Out: the state after every step, batch-major (the layer's return value).
     h_hist : (T + 1, N, H) array
         In: ``h_hist[0]`` is the initial state. Out: the state after every step.
     scratchT : (H, N) array
@@ -393,13 +398,15 @@ def rnn_forward(h_hist, scratchT, xs, Wx, Wh, b, WhT):
     for t in range(T):
         _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
-            h = h_hist[t + 1, n]
+            h, out = h_hist[t + 1, n], hs[n, t]
             for j in range(H):
                 h[j] = fast_tanh(h[j] + b[j])
+            for j in range(H):
+                out[j] = h[j]
 
 
 @kernel
-def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh, WhT):
+def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT):
     """Backpropagate through a plain RNN sequence.
 
     Parameters
@@ -414,8 +421,9 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh, WhT):
     dhT : (H, N) array
         Scratch.
     dA : (T, N, H) array
-        In: ``dhs``, the gradient of every output state. Out: the gradient of every
-        pre-activation.
+        Out: the gradient of every pre-activation.
+    dhs : (N, T, H) array
+        In: the gradient of every output state, batch-major. Not modified.
     h_hist, xs, Wx, Wh
         As saved and used by :func:`rnn_forward`.
     WhT : (H, H) or (0, H) array
@@ -428,9 +436,9 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh, WhT):
         for n in range(N):
             da = dA[t, n]
             h = h_hist[t + 1, n]
-            dh_n = dh[n]
+            dh_n, dhs_n = dh[n], dhs[n, t]
             for j in range(H):
-                da[j] = (da[j] + dh_n[j]) * (one - h[j] * h[j])
+                da[j] = (dhs_n[j] + dh_n[j]) * (one - h[j] * h[j])
         _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False)
     rows = T * N
     _input_side_grads(
@@ -445,11 +453,13 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, h_hist, xs, Wx, Wh, WhT):
 
 
 @kernel
-def lstm_forward(gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT):
+def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """Run an LSTM over a sequence.
 
     Parameters
     ----------
+    hs : (N, T, H) array
+        Out: the state after every step, batch-major (the layer's return value).
     gates : (T, N, 4H) array
         Out: the activated gates ``f, g, i, o`` of every step.
     c_hist : (T + 1, N, H) array
@@ -492,6 +502,9 @@ def lstm_forward(gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT):
                 tc[j] = fast_tanh(c[j])
             for j in range(H):
                 h[j] = o[j] * tc[j]
+            out = hs[n, t]
+            for j in range(H):
+                out[j] = h[j]
 
 
 @kernel
@@ -513,9 +526,8 @@ def lstm_backward(
         Scratch.
     dA : (T, N, 4H) array
         Out: gradient of every gate pre-activation.
-    dhs : (T, N, H) array
-        In: gradient of every output state. Overwritten (with the total gradient of
-        every state).
+    dhs : (N, T, H) array
+        In: gradient of every output state, batch-major. Not modified.
     gates, c_hist, tanh_c, h_hist, xs, Wx, Wh
         As saved and used by :func:`lstm_forward`.
     WhT : (4H, H) or (0, H) array
@@ -530,13 +542,14 @@ def lstm_backward(
             f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
             d = dA[t, n]
             df, dg, di, do = d[:H], d[H : 2 * H], d[2 * H : 3 * H], d[3 * H :]
-            dh_next = dhs[t, n]
             ds = dc[n]  # dc_next on entry; ds, then dc_prev, in place
             tc = tanh_c[t, n]
             c_prev = c_hist[t, n]
-            dh_n = dh[n]
+            # dh[n] arrives from step t + 1; adding dhs makes it the total gradient of h_t.
+            # The product after the loop overwrites it with the gradient of h_{t-1}.
+            dh_next, dhs_n = dh[n], dhs[n, t]
             for j in range(H):
-                dh_next[j] += dh_n[j]
+                dh_next[j] += dhs_n[j]
             for j in range(H):
                 ds[j] += dh_next[j] * o[j] * (one - tc[j] * tc[j])
             for j in range(H):
@@ -564,11 +577,13 @@ def lstm_backward(
 
 
 @kernel
-def gru_forward(gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
+def gru_forward(hs, gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """Run a GRU over a sequence.
 
     Parameters
     ----------
+    hs : (N, T, H) array
+        Out: the state after every step, batch-major (the layer's return value).
     gates : (T, N, 3H) array
         Out: the activated gates ``z, r, h~`` of every step.
     rh : (T, N, H) array
@@ -610,6 +625,9 @@ def gru_forward(gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
                 h_cand[j] = fast_tanh(h_cand[j] + b_h[j])
             for j in range(H):
                 h[j] = (one - z[j]) * h_prev[j] + z[j] * h_cand[j]
+            out = hs[n, t]
+            for j in range(H):
+                out[j] = h[j]
 
 
 @kernel
@@ -631,8 +649,8 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
         Scratch.
     dA : (T, N, 3H) array
         Out: gradient of every gate pre-activation.
-    dhs : (T, N, H) array
-        In: gradient of every output state. Overwritten.
+    dhs : (N, T, H) array
+        In: gradient of every output state, batch-major. Not modified.
     gates, rh, h_hist, xs, Wx, Wh
         As saved and used by :func:`gru_forward`.
     WhT : (3H, H) or (0, H) array
@@ -649,17 +667,17 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
             z, h_cand = a[:H], a[2 * H :]
             d = dA[t, n]
             dz, dh_cand = d[:H], d[2 * H :]
-            dh_next = dhs[t, n]
-            dh_n = dh[n]
             h_prev = h_hist[t, n]
+            # dh[n] becomes the total gradient of h_t, then that of h_{t-1}, in place.
+            dh_n, dhs_n = dh[n], dhs[n, t]
             for j in range(H):
-                dh_next[j] += dh_n[j]
+                dh_n[j] += dhs_n[j]
             for j in range(H):
-                dh_cand[j] = dh_next[j] * z[j] * (one - h_cand[j] * h_cand[j])
+                dh_cand[j] = dh_n[j] * z[j] * (one - h_cand[j] * h_cand[j])
             for j in range(H):
-                dz[j] = dh_next[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
+                dz[j] = dh_n[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
             for j in range(H):
-                dh_n[j] = dh_next[j] * (one - z[j])
+                dh_n[j] *= one - z[j]
         _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False)
         for n in range(N):
             r = gates[t, n, H : 2 * H]

@@ -94,8 +94,8 @@ class _Recurrence:
     def forward(self, xs, Wx, Wh, b, h0, c0):
         """Run the sequence ``xs`` (N, T, D), starting from ``h0`` (and ``c0``).
 
-        ``h0``/``c0`` may be None for zeros. Returns the time-major states ``(T, N, H)``
-        and the final ``h`` and ``c`` (None without a cell state), all workspace views.
+        ``h0``/``c0`` may be None for zeros. Returns the states ``hs`` (N, T, H), a fresh
+        array, and the final ``h`` and ``c`` (None without a cell state), workspace views.
         """
         N, T, D = xs.shape
         H = Wh.shape[0]
@@ -118,11 +118,12 @@ class _Recurrence:
         else:
             WhT = ws.take("WhT", (0, H), dtype)
             scratchT = ws.take("scratchT", (0, N), dtype)
-        activations = self._run_forward(xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT)
+        hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
+        activations = self._run_forward(hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT)
         self.saved = dict(
             xs=xs_tm, h_hist=h_hist, c_hist=c_hist, Wx=Wx, Wh=Wh, b=b, activations=activations
         )
-        return h_hist[1:], h_hist[T], (None if c_hist is None else c_hist[T])
+        return hs, h_hist[T], (None if c_hist is None else c_hist[T])
 
     def backward(self, dhs, grads, dh_last, dc_last):
         """Backpropagate ``dhs`` (N, T, H) through the last forward.
@@ -137,8 +138,7 @@ class _Recurrence:
         H = Wh.shape[0]
         dtype = Wx.dtype
         ws = self.ws
-        dhs_tm = ws.take("dhs", (T, N, H), dtype)
-        np.copyto(dhs_tm, dhs.transpose(1, 0, 2), casting="same_kind")
+        dhs = _kernel_ready(dhs, dtype, ws, "dhs")
         dxs_tm = ws.take("dxs", (T, N, D), dtype)
         dh = ws.take("dh", (N, H), dtype)
         _set_initial(dh, dh_last)
@@ -160,7 +160,7 @@ class _Recurrence:
             np.copyto(WhT, Wh.T)
         else:
             WhT = ws.take("WhT", (0, H), dtype)
-        self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, dhs_tm, saved)
+        self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, dhs, saved)
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
@@ -170,11 +170,22 @@ class _Recurrence:
         """The parameter arrays the last forward used, which backward will use too."""
         return [self.saved[name] for name in ("Wx", "Wh", "b")]
 
-    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
+    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
         raise NotImplementedError
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
         raise NotImplementedError
+
+
+def _kernel_ready(array, dtype, ws, name):
+    """``array`` itself when a kernel can read it as it is (C-contiguous, aligned,
+    writeable: the one array type the kernels are compiled for), else a workspace copy."""
+    flags = array.flags
+    if array.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable:
+        return array
+    copy = ws.take(name, array.shape, dtype)
+    np.copyto(copy, array, casting="same_kind")
+    return copy
 
 
 def _set_initial(buffer, value):
@@ -187,18 +198,19 @@ def _set_initial(buffer, value):
 class _RNNRecurrence(_Recurrence):
     gates = 1
 
-    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
-        kernels.rnn_forward(h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
+    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
+        kernels.rnn_forward(hs, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return {}
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
-        # dhs_tm becomes the pre-activation gradient in place: it is refilled every call.
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
+        dA = self.ws.take("dA", (dhs.shape[1], dhs.shape[0], dhs.shape[2]), dh.dtype)
         kernels.rnn_backward(
             dxs_tm,
             *grads,
             dh,
             dhT,
-            dhs_tm,
+            dA,
+            dhs,
             saved["h_hist"],
             saved["xs"],
             saved["Wx"],
@@ -211,15 +223,15 @@ class _LSTMRecurrence(_Recurrence):
     gates = 4
     has_cell_state = True
 
-    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
+    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
         T, N, _ = xs_tm.shape
         H = Wh.shape[0]
         gates = self.ws.take("gates", (T, N, 4 * H), Wx.dtype)
         tanh_c = self.ws.take("tanh_c", (T, N, H), Wx.dtype)
-        kernels.lstm_forward(gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
+        kernels.lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return dict(gates=gates, tanh_c=tanh_c)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         kernels.lstm_backward(
@@ -229,7 +241,7 @@ class _LSTMRecurrence(_Recurrence):
             dc,
             dhT,
             dA,
-            dhs_tm,
+            dhs,
             act["gates"],
             saved["c_hist"],
             act["tanh_c"],
@@ -244,15 +256,15 @@ class _LSTMRecurrence(_Recurrence):
 class _GRURecurrence(_Recurrence):
     gates = 3
 
-    def _run_forward(self, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
+    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
         T, N, _ = xs_tm.shape
         H = Wh.shape[0]
         gates = self.ws.take("gates", (T, N, 3 * H), Wx.dtype)
         rh = self.ws.take("rh", (T, N, H), Wx.dtype)
-        kernels.gru_forward(gates, rh, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
+        kernels.gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return dict(gates=gates, rh=rh)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs_tm, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         dhr = self.ws.take("dhr", dh.shape, dh.dtype)
@@ -263,7 +275,7 @@ class _GRURecurrence(_Recurrence):
             dhr,
             dhT,
             dA,
-            dhs_tm,
+            dhs,
             act["gates"],
             act["rh"],
             saved["h_hist"],
@@ -336,12 +348,12 @@ class _TimeLayer:
         return xs, Wx, Wh, b, h0, c0
 
     def _run_forward(self, xs, Wx, Wh, b, h0, c0):
-        hs_tm, h_last, c_last = self._engine.forward(xs, Wx, Wh, b, h0, c0)
+        hs, h_last, c_last = self._engine.forward(xs, Wx, Wh, b, h0, c0)
         self.h = h_last.copy()
         if c_last is not None:
             self.c = c_last.copy()
-        self._last_shape = hs_tm.shape[1], hs_tm.shape[0], hs_tm.shape[2]
-        return _to_batch_major(hs_tm)
+        self._last_shape = hs.shape
+        return hs
 
     def forward(self, xs):
         """Run the layer over a batch of sequences.

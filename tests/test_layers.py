@@ -97,8 +97,11 @@ def assert_states(fast, reference, dtype, attrs, label=""):
 
 
 def forward_both(fast, reference, xs, dtype, label=""):
-    """Forward both layers; compare hs and the final states; return the fast hs."""
+    """Forward both layers; compare hs and the final states; return the fast hs. The fast
+    layer must leave ``xs`` as it was."""
+    xs_before = xs.copy()
     hs = fast.forward(xs)
+    np.testing.assert_array_equal(xs, xs_before, err_msg=f"{label}forward modified xs")
     hs_ref = reference.forward(xs)
     assert isinstance(hs, np.ndarray) and hs.dtype == dtype and hs.shape == hs_ref.shape
     assert_close(hs, hs_ref, dtype, err_msg=f"{label}hs")
@@ -107,8 +110,11 @@ def forward_both(fast, reference, xs, dtype, label=""):
 
 
 def backward_both(fast, reference, dhs, dtype, label=""):
-    """Backward both layers; compare dxs, every grad and dh; return the fast dxs."""
+    """Backward both layers; compare dxs, every grad and dh; return the fast dxs. The fast
+    layer must leave ``dhs`` as it was (the kernels read the caller's array)."""
+    dhs_before = dhs.copy()
     dxs = fast.backward(dhs)
+    np.testing.assert_array_equal(dhs, dhs_before, err_msg=f"{label}backward modified dhs")
     dxs_ref = reference.backward(dhs)
     assert isinstance(dxs, np.ndarray) and dxs.dtype == dtype and dxs.shape == dxs_ref.shape
     assert_close(dxs, dxs_ref, dtype, err_msg=f"{label}dxs")
@@ -380,6 +386,30 @@ def test_update_between_forward_and_backward(rng, name, shape_id):
 
 
 @time_layers
+@pytest.mark.parametrize("layout", ["read-only", "unaligned", "float64", "reversed"])
+def test_backward_with_unusual_dhs(rng, name, layout):
+    """``dhs`` that the kernels cannot read as it is (read-only, unaligned, another dtype,
+    strided) is copied first, with the same results, and left unchanged."""
+    N, T, D, H = SHAPES["N17-T8-D4-H9"]
+    fast, reference, _, _ = make_pair(rng, name, D, H, np.float32)
+    width = out_width(name, H)
+    dhs = randn(rng, (N, T, width), np.float32)
+    if layout == "read-only":
+        dhs.flags.writeable = False
+    elif layout == "unaligned":
+        raw = np.empty(dhs.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(dhs.shape)
+        raw[...] = dhs
+        dhs = raw
+        assert not dhs.flags.aligned
+    elif layout == "float64":
+        dhs = dhs.astype(np.float64)
+    else:
+        dhs = randn(rng, (N, T, width), np.float32)[:, ::-1]
+    forward_both(fast, reference, randn(rng, (N, T, D), np.float32), np.float32)
+    backward_both(fast, reference, dhs, np.float32)
+
+
+@time_layers
 def test_params_are_the_callers_arrays(rng, name):
     """params[i] is the array passed in (weight tying), grads have params' shapes/dtypes."""
     fast, _, params, _ = make_pair(rng, name, 2, 3, np.float32)
@@ -622,8 +652,12 @@ CELL_OUTPUTS = {"LSTM": ["h_next", "c_next", "dx", "dh_prev", "dc_prev"]}
 
 
 def compare_cells(fast, reference, family, args, ref_args, dtype, label=""):
-    """One step of both cells: outputs, gradients and grads compared."""
+    """One step of both cells: outputs, gradients and grads compared; the fast cell must
+    leave its arguments as they were."""
+    before = [a.copy() for a in args]
     got = cell_step(fast, family, *args)
+    for a, a_before in zip(args, before, strict=True):
+        np.testing.assert_array_equal(a, a_before, err_msg=f"{label}an argument was modified")
     expected = cell_step(reference, family, *ref_args)
     names = CELL_OUTPUTS.get(family, ["h_next", "dx", "dh_prev"])
     for a, e, what in zip(got, expected, names, strict=True):
