@@ -78,6 +78,7 @@ from fastrnn._cli import (
 )
 from fastrnn._jit import helper
 from fastrnn._kernels import (
+    _backprop_to_state,
     _bias_grad,
     _gemm,
     _input_side_grads,
@@ -140,28 +141,22 @@ def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT
 
 
 @helper
-def _repeat_backward_recurrent_products(reps, backprop, dh, dhT, dA, Wh, WhT):
+def _repeat_backward_recurrent_products(reps, dh, dhT, dA, Wh, WhT):
     # RNN and LSTM: dh = dA_t @ Wh.T for every step, the way the kernels compute it.
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            backprop(dh, dhT, dA[t], Wh, WhT, False)
+            _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False)
 
 
 @helper
-def _repeat_gru_backward_recurrent_products(reps, backprop, dh, dhr, dhT, dA, Wh, WhT):
+def _repeat_gru_backward_recurrent_products(reps, dh, dhr, dhT, dA, Wh, WhT):
     H = Wh.shape[0]
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            backprop(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False)
-            backprop(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True)
-
-
-@helper
-def _plain_backprop_to_state(dh, dhT, dA_t, W, WT, accumulate):
-    # The direct product, for kernels without a _backprop_to_state helper.
-    _gemm(dh, dA_t, W, False, True, accumulate)
+            _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False)
+            _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True)
 
 
 @helper
@@ -496,15 +491,18 @@ class Breakdown:
             indent=1,
         )
         self.phases.append(Phase(f, "(kernel total, timed whole)", kernel))
-        dispatch = self.add(
-            f,
+        call_python = kernel + self._dispatch_line(f, call)
+        # No copy of hs: the kernel writes it, batch-major, as part of its element-wise work.
+        return call_python, checks, copy_in
+
+    def _dispatch_line(self, stage: str, call: KernelCall) -> float:
+        """Time the Python side of calling ``call``'s kernel: type checks, unboxing."""
+        return self.add(
+            stage,
             "Numba dispatch of the kernel call",
             python_loop(lambda: _do_nothing(*call.args)),
             "Python",
         )
-        call_python = kernel + dispatch
-        # No copy of hs: the kernel writes it, batch-major, as part of its element-wise work.
-        return call_python, checks, copy_in
 
     def _backward(self):
         layer, fast, dhs = self.layer, self.fast, self.dhs
@@ -530,20 +528,18 @@ class Breakdown:
             b, "argument checks", python_loop(lambda: fast._check_backward(dhs)), "Python"
         )
         # No copy of dhs: the kernel reads the caller's C-contiguous array as it is.
-        backprop = getattr(kernels, "_backprop_to_state", _plain_backprop_to_state)
         dh_s, dhr_s, dhT_s = _scratch(dh), _scratch(dh), np.zeros((H, N), dtype)
         # The layer's choice: a contiguous Wh.T for small weights and batches.
         if backward_uses_transposed_weights(N, T, H, G):
             WhT = np.ascontiguousarray(Wh.T)
         else:
             WhT = np.empty((0, H), dtype)
-        how = "via _backprop_to_state" if backprop is not _plain_backprop_to_state else "direct"
         if layer == "TimeGRU":
             recurrent = self.add(
                 b,
-                f"GEMM recurrent dA @ Wh.T ({2 * T} calls, {how})",
+                f"GEMM recurrent dA @ Wh.T ({2 * T} calls, via _backprop_to_state)",
                 lambda r: _repeat_gru_backward_recurrent_products(
-                    r, backprop, dh_s, dhr_s, dhT_s, dA, Wh, WhT
+                    r, dh_s, dhr_s, dhT_s, dA, Wh, WhT
                 ),
                 "GEMM",
                 flop_recurrent,
@@ -551,10 +547,8 @@ class Breakdown:
         else:
             recurrent = self.add(
                 b,
-                f"GEMM recurrent dA @ Wh.T ({T} calls, {how})",
-                lambda r: _repeat_backward_recurrent_products(
-                    r, backprop, dh_s, dhT_s, dA, Wh, WhT
-                ),
+                f"GEMM recurrent dA @ Wh.T ({T} calls, via _backprop_to_state)",
+                lambda r: _repeat_backward_recurrent_products(r, dh_s, dhT_s, dA, Wh, WhT),
                 "GEMM",
                 flop_recurrent,
             )
@@ -607,13 +601,7 @@ class Breakdown:
         )
         self.phases.append(Phase(b, "(kernel total, timed whole)", kernel))
 
-        dispatch = self.add(
-            b,
-            "Numba dispatch of the kernel call",
-            python_loop(lambda: _do_nothing(*call.args)),
-            "Python",
-        )
-        call_python = kernel + dispatch
+        call_python = kernel + self._dispatch_line(b, call)
         copy_out = self.add(
             b,
             "dxs -> batch-major copy",

@@ -110,14 +110,9 @@ class _Recurrence:
             c_hist = ws.take("c_hist", (T + 1, N, H), dtype)
             _set_initial(c_hist[0], c0)
         # Wide, small-batch products run faster against a contiguous copy of Wh.T.
-        gate_width = self.gates * H
-        if kernels.forward_uses_transposed_weights(N, T, H):
-            WhT = ws.take("WhT", (gate_width, H), dtype)
-            np.copyto(WhT, Wh.T)
-            scratchT = ws.take("scratchT", (gate_width, N), dtype)
-        else:
-            WhT = ws.take("WhT", (0, H), dtype)
-            scratchT = ws.take("scratchT", (0, N), dtype)
+        transposed = kernels.forward_uses_transposed_weights(N, T, H)
+        WhT = self._transposed_weights(Wh, transposed)
+        scratchT = ws.take("scratchT", (WhT.shape[0], N), dtype)
         hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
         activations = self._run_forward(hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT)
         self.saved = dict(
@@ -154,17 +149,24 @@ class _Recurrence:
         ]
         dhT = ws.take("dhT", (H, N), dtype)
         # Small weights, small batches: dA_t @ Wh.T is faster against a contiguous Wh.T.
-        # Copied afresh: Wh may have changed in place since the forward.
-        if kernels.backward_uses_transposed_weights(N, T, H, self.gates):
-            WhT = ws.take("WhT", (self.gates * H, H), dtype)
-            np.copyto(WhT, Wh.T)
-        else:
-            WhT = ws.take("WhT", (0, H), dtype)
+        WhT = self._transposed_weights(
+            Wh, kernels.backward_uses_transposed_weights(N, T, H, self.gates)
+        )
         self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, dhs, saved)
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
         return dxs_tm, dh, dc
+
+    def _transposed_weights(self, Wh, wanted):
+        """A contiguous copy of ``Wh.T`` (G*H, H) when ``wanted``, else an empty (0, H)
+        array, which tells the kernels to use ``Wh`` itself. Copied on every call: ``Wh``
+        may have changed in place since the last one."""
+        H = Wh.shape[0]
+        WhT = self.ws.take("WhT", (self.gates * H if wanted else 0, H), Wh.dtype)
+        if wanted:
+            np.copyto(WhT, Wh.T)
+        return WhT
 
     def saved_params(self):
         """The parameter arrays the last forward used, which backward will use too."""

@@ -114,6 +114,24 @@ def test_lstm_cell_gradients_match_finite_differences(rng, N, D, H):
 # --------------------------------------------------------------------------------------
 
 
+def assert_time_layer_fd(layer, loss, xs, w, params, param_names, states=()):
+    """Run ``loss()`` and ``layer.backward(w)``, then check ``dxs``, every grad (named
+    ``param_names``) and each state gradient in ``states`` against central differences.
+
+    ``states`` holds ``(name, attribute getter, state array)``: the getter reads the
+    layer's gradient of that initial state right after backward.
+    """
+    loss()
+    dxs = layer.backward(w)
+    grads = [g.copy() for g in layer.grads]
+    state_grads = [(name, get(layer).copy(), x) for name, get, x in states]
+    assert_fd(dxs, loss, xs, "dxs")
+    for name, g, x in state_grads:
+        assert_fd(g, loss, x, name)
+    for pname, p, g in zip(param_names, params, grads, strict=True):
+        assert_fd(g, loss, p, pname)
+
+
 @pytest.mark.parametrize("shape", FD_SHAPES.values(), ids=FD_SHAPES.keys())
 @pytest.mark.parametrize("name", TIME_LAYERS)
 def test_time_layer_gradients_match_finite_differences(rng, name, shape):
@@ -134,14 +152,8 @@ def test_time_layer_gradients_match_finite_differences(rng, name, shape):
             layer.set_state(h0)
         return np.sum(layer.forward(xs) * w)
 
-    loss()
-    dxs = layer.backward(w)
-    grads = [g.copy() for g in layer.grads]
-    dh = layer.dh.copy()
-    assert_fd(dxs, loss, xs, "dxs")
-    assert_fd(dh, loss, h0, "dh")
-    for pname, p, g in zip(("dWx", "dWh", "db"), params, grads, strict=True):
-        assert_fd(g, loss, p, pname)
+    dh = ("dh", lambda layer: layer.dh, h0)
+    assert_time_layer_fd(layer, loss, xs, w, params, ("dWx", "dWh", "db"), [dh])
 
 
 @pytest.mark.parametrize("name", TIME_LAYERS)
@@ -156,12 +168,7 @@ def test_time_layer_gradients_from_zero_state(rng, name):
     def loss():
         return np.sum(layer.forward(xs) * w)
 
-    loss()
-    dxs = layer.backward(w)
-    grads = [g.copy() for g in layer.grads]
-    assert_fd(dxs, loss, xs, "dxs")
-    for pname, p, g in zip(("dWx", "dWh", "db"), params, grads, strict=True):
-        assert_fd(g, loss, p, pname)
+    assert_time_layer_fd(layer, loss, xs, w, params, ("dWx", "dWh", "db"))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 3, 2), (1, 2, 1, 1)], ids=["N2-T3-D3-H2", "N1-T2-D1-H1"])
@@ -179,14 +186,8 @@ def test_time_lstm_gradients_depend_on_initial_c(rng, shape):
         layer.set_state(h0, c0)
         return np.sum(layer.forward(xs) * w)
 
-    loss()
-    dxs = layer.backward(w)
-    grads = [g.copy() for g in layer.grads]
-    dh = layer.dh.copy()
-    assert_fd(dh, loss, h0, "dh")
-    assert_fd(dxs, loss, xs, "dxs")
-    for pname, p, g in zip(("dWx", "dWh", "db"), params, grads, strict=True):
-        assert_fd(g, loss, p, pname)
+    dh = ("dh", lambda layer: layer.dh, h0)
+    assert_time_layer_fd(layer, loss, xs, w, params, ("dWx", "dWh", "db"), [dh])
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 3, 2), (1, 1, 1, 1)], ids=["N2-T3-D3-H2", "all1"])
@@ -204,17 +205,12 @@ def test_time_bilstm_gradients_match_finite_differences(rng, shape):
         layer.backward_lstm.set_state(states[2], states[3])
         return np.sum(layer.forward(xs) * w)
 
-    loss()
-    dxs = layer.backward(w)
-    grads = [g.copy() for g in layer.grads]
-    dh_fwd = layer.forward_lstm.dh.copy()
-    dh_bwd = layer.backward_lstm.dh.copy()
-    assert_fd(dxs, loss, xs, "dxs")
-    assert_fd(dh_fwd, loss, states[0], "forward_lstm.dh")
-    assert_fd(dh_bwd, loss, states[2], "backward_lstm.dh")
     names = ("dWx1", "dWh1", "db1", "dWx2", "dWh2", "db2")
-    for pname, p, g in zip(names, params, grads, strict=True):
-        assert_fd(g, loss, p, pname)
+    state_grads = [
+        ("forward_lstm.dh", lambda layer: layer.forward_lstm.dh, states[0]),
+        ("backward_lstm.dh", lambda layer: layer.backward_lstm.dh, states[2]),
+    ]
+    assert_time_layer_fd(layer, loss, xs, w, params, names, state_grads)
 
 
 # --------------------------------------------------------------------------------------
