@@ -82,8 +82,8 @@ def run_benchmark(
     """Benchmark ``fn`` and record what the report needs in ``benchmark.extra_info``.
 
     In a real run (``--benchmark-enable``) ``fn`` is first warmed up for a quarter of a
-    second, which also lets the worker threads of the other BLAS library (NumPy's vs
-    SciPy's OpenBLAS, or PyTorch's OpenMP pool) stop spinning; in smoke mode it runs once.
+    second, which also lets the worker threads of another library's pool (PyTorch's, or
+    OpenBLAS's after PyTorch ran) stop spinning; in smoke mode it runs once.
     PyTorch implementations (``impl`` ``"torch-<n>t"``) run with ``n`` threads, restored
     afterwards.
     """

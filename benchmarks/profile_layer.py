@@ -19,8 +19,9 @@ A real layer runs one forward and backward pass first, which compiles the kernel
 the workspaces; the kernel calls it makes are recorded with their arguments. Each phase is
 then timed on its own, on those same arrays (on scratch copies where it would overwrite
 saved state), by small Numba functions that call the private helpers of
-:mod:`fastrnn._kernels` (``_gemm``, ``_backprop_to_state``, ``_input_side_grads``,
-``_recurrent_weight_grad``, ``fast_tanh``, ``fast_sigmoid``) in a loop, so that no Python
+:mod:`fastrnn._kernels`, :mod:`fastrnn._blas` and :mod:`fastrnn._math` (``gemm``,
+``_backprop_to_state``, ``_input_side_grads``, ``_recurrent_weight_grad``, ``fast_tanh``,
+``fast_sigmoid``) in a loop, so that no Python
 call is timed with them. The kernels are not modified:
 
 * *GEMM* lines make the products the kernels make, with the same operands and flags.
@@ -63,6 +64,7 @@ from numba.core.dispatcher import Dispatcher
 
 import fastrnn
 from fastrnn import _kernels as kernels
+from fastrnn._blas import gemm as _gemm
 from fastrnn._cli import (
     GATES,
     ForeignLoad,
@@ -80,15 +82,13 @@ from fastrnn._jit import helper
 from fastrnn._kernels import (
     _backprop_to_state,
     _bias_grad,
-    _gemm,
     _input_side_grads,
     _recurrent_product,
     _recurrent_weight_grad,
     backward_uses_transposed_weights,
-    fast_sigmoid,
-    fast_tanh,
     forward_uses_transposed_weights,
 )
+from fastrnn._math import fast_sigmoid, fast_tanh
 
 # --------------------------------------------------------------------------------------
 # Compiled pieces. Each takes ``reps`` and repeats its work that many times.

@@ -11,7 +11,7 @@ Prints, in markdown:
 
 * the machine the benchmarks ran on (CPU, cores, NumPy/Numba/SciPy/PyTorch versions, BLAS
   libraries and their threads), from the JSON (the current machine if the JSON lacks it);
-* the BLAS peak: the median GFLOP/s of the 2048^3 sgemm through SciPy's BLAS;
+* the BLAS peak: the median GFLOP/s of the 2048^3 sgemm through NumPy's BLAS (fastrnn's too);
 * per layer and shape, the median of every implementation, fastrnn's speedup over the
   reference and over PyTorch (its best thread setting), and fastrnn's GFLOP/s and share
   of the sgemm peak;
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 #: Column order of implementations; unknown ones follow in name order.
 IMPLEMENTATION_ORDER = ["reference", "fastrnn", "torch-1t", "torch-2t"]
 DECODE_BASELINE = "two-matvec"
-PEAK_IMPLEMENTATION = "sgemm-scipy"
+PEAK_IMPLEMENTATION = "sgemm-numpy"
 BIG_SHAPE = [20, 35, 650, 650]
 #: Foreign load (cores) above which a measurement is flagged as taken on a busy machine.
 BUSY_THRESHOLD = 0.25

@@ -11,7 +11,7 @@ Commands
     a minute on two cores.
 ``python -m fastrnn bench [--layers ...] [--shapes ...] [--repeat N] [--torch]``
     The same comparison, plus the GEMM throughput of fastrnn in GFLOP/s and its share of the
-    ``?gemm`` peak measured at the start of the same run (a 2048^3 product through SciPy's
+    ``?gemm`` peak measured at the start of the same run (a 2048^3 product through NumPy's
     BLAS, the library the kernels call), and with ``--torch`` PyTorch's ``nn.RNN``,
     ``nn.LSTM`` and ``nn.GRU`` at 1 and 2 threads.
 
@@ -21,13 +21,11 @@ are 10x5x100x100, 20x35x100x100, 20x35x650x650, 128x7x16x128 and 128x29x16x256.
 How the numbers are made
 ------------------------
 * Times are medians of rounds of one ``forward(xs)`` plus one ``backward(dhs)`` call on the
-  public layer API, with the inputs and upstream gradients prepared beforehand. The timed
-  fastrnn path makes no NumPy BLAS call (fastrnn calls SciPy's BLAS from its kernels); the
-  reference uses NumPy's, as the book does.
-* NumPy and SciPy ship separate OpenBLAS libraries with separate thread pools. A pool's
-  worker threads keep spinning for about 0.1 s after their last call (unless
-  ``OPENBLAS_THREAD_TIMEOUT`` shortens that), so the first calls into the other library
-  after a switch run several times slower. Before each series of rounds the
+  public layer API, with the inputs and upstream gradients prepared beforehand. fastrnn's
+  kernels and the reference both call NumPy's BLAS (see :mod:`fastrnn._blas`).
+* PyTorch has its own thread pool, and OpenBLAS's worker threads keep spinning for about
+  0.1 s after their last call (unless ``OPENBLAS_THREAD_TIMEOUT`` shortens that), so the
+  first calls after a switch between libraries run slower. Before each series of rounds the
   implementation is therefore warmed up for a quarter of a second (or the process sleeps
   that long when one call takes longer than that).
 * The ``other load`` column is the number of cores other processes kept busy while a row
@@ -378,40 +376,40 @@ BUSY_THRESHOLD = 0.25
 
 
 def blas_peak_runner(size: int = 2048, dtype=np.float32) -> tuple[Callable[[], None], int]:
-    """A ``size``-cubed ``?gemm`` through SciPy's BLAS (the library fastrnn's kernels call).
+    """A ``size``-cubed ``?gemm`` through NumPy's BLAS (the library fastrnn's kernels call).
 
     Returns
     -------
     run : callable
-        Computes ``C = A @ B`` in place for Fortran-ordered (size, size) arrays, so that no
-        copy is timed.
+        Computes ``C = A @ B`` into a preallocated C-contiguous array, so that no copy or
+        allocation is timed.
     flop : int
         ``2 * size**3``.
     """
-    from scipy.linalg import blas
-
-    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
     rng = np.random.default_rng(seed_for("gemm", size))
-    a = np.asfortranarray(rng.standard_normal((size, size)), dtype=dtype)
-    b = np.asfortranarray(rng.standard_normal((size, size)), dtype=dtype)
-    c = np.zeros((size, size), dtype=dtype, order="F")
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    c = np.zeros((size, size), dtype=dtype)
 
     def run():
-        gemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)
+        np.matmul(a, b, out=c)
 
     return run, 2 * size**3
 
 
 def blas_threads() -> int | None:
     """Threads of the BLAS library that fastrnn's kernels use, or None if unknown."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
+    from threadpoolctl import threadpool_info
+
+    from ._blas import BINDING
+
     for lib in threadpool_info():
-        if lib.get("user_api") == "blas" and "scipy" in os.path.basename(lib.get("filepath", "")):
-            if "64_" not in os.path.basename(lib["filepath"]):  # NumPy's is the ILP64 one
-                return lib.get("num_threads")
+        if lib.get("user_api") != "blas":
+            continue
+        if BINDING.library is not None and lib.get("filepath") == BINDING.library:
+            return lib.get("num_threads")
+        if BINDING.library is None and "64_" not in os.path.basename(lib.get("filepath", "")):
+            return lib.get("num_threads")  # the fallback: SciPy's library, not NumPy's ILP64
     return None
 
 
@@ -421,13 +419,8 @@ def limit_blas_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        raise RuntimeError(
-            "limiting BLAS threads needs threadpoolctl (pip install threadpoolctl), or set "
-            "OPENBLAS_NUM_THREADS before starting Python"
-        ) from None
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=threads, user_api="blas"):
         yield
 
@@ -518,37 +511,37 @@ def machine_info() -> dict:
     dict
         JSON-serialisable: ``cpu``, ``logical_cores``, ``usable_cores``, ``python``,
         ``versions`` (numpy, numba, scipy, torch, fastrnn), ``blas`` (one entry per library
-        threadpoolctl finds, or None without threadpoolctl) and ``env``.
+        threadpoolctl finds), ``fastrnn_blas`` (what the kernels call) and ``env``.
     """
-    import fastrnn._kernels  # noqa: F401  (loads SciPy's BLAS, so that threadpoolctl sees it)
+    from threadpoolctl import threadpool_info
+
+    from ._blas import BINDING
 
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = [
-            {
-                "library": os.path.basename(lib.get("filepath", "")),
-                "user_api": lib.get("user_api"),
-                "api": lib.get("internal_api"),
-                "version": lib.get("version"),
-                "architecture": lib.get("architecture"),
-                "threads": lib.get("num_threads"),
-                "threading_layer": lib.get("threading_layer"),
-            }
-            for lib in threadpool_info()
-        ]
-    except ImportError:
-        blas = None
+    blas = [
+        {
+            "library": os.path.basename(lib.get("filepath", "")),
+            "user_api": lib.get("user_api"),
+            "api": lib.get("internal_api"),
+            "version": lib.get("version"),
+            "architecture": lib.get("architecture"),
+            "threads": lib.get("num_threads"),
+            "threading_layer": lib.get("threading_layer"),
+        }
+        for lib in threadpool_info()
+    ]
     env_names = (
         "OPENBLAS_NUM_THREADS",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
         "NUMBA_NUM_THREADS",
         "OPENBLAS_CORETYPE",
+        "OPENBLAS_L2_SIZE",
+        "OPENBLAS_THREAD_TIMEOUT",
+        "FASTRNN_BLAS",
     )
     return {
         "cpu": _cpu_model(),
@@ -559,6 +552,7 @@ def machine_info() -> dict:
             name: _version(name) for name in ("numpy", "numba", "scipy", "torch", "fastrnn")
         },
         "blas": blas,
+        "fastrnn_blas": BINDING.describe(),
         "env": {name: os.environ[name] for name in env_names if name in os.environ},
     }
 
@@ -571,17 +565,15 @@ def format_machine_info(info: dict) -> list[str]:
         f"({info['usable_cores']} usable); Python {info['python']}",
         f"Versions: {versions}",
     ]
-    if info["blas"] is None:
-        lines.append("BLAS: unknown (install threadpoolctl to see the libraries and threads)")
-    else:
-        for lib in info["blas"]:
-            details = ", ".join(
-                str(v) for v in (lib["version"], lib["architecture"], lib["threading_layer"]) if v
-            )
-            lines.append(
-                f"{(lib.get('user_api') or 'blas').upper()}: {lib['library']} "
-                f"({lib['api']} {details}; {lib['threads']} threads)"
-            )
+    for lib in info["blas"]:
+        details = ", ".join(
+            str(v) for v in (lib["version"], lib["architecture"], lib["threading_layer"]) if v
+        )
+        lines.append(
+            f"{(lib.get('user_api') or 'blas').upper()}: {lib['library']} "
+            f"({lib['api']} {details}; {lib['threads']} threads)"
+        )
+    lines.append(f"fastrnn's kernels call: {info['fastrnn_blas']}")
     if info["env"]:
         lines.append("Env: " + " ".join(f"{k}={v}" for k, v in info["env"].items()))
     return lines
@@ -680,7 +672,7 @@ def run_case(
 
 
 def measure_blas_peak(dtype, rounds: int = 5) -> float:
-    """Median GFLOP/s of a 2048^3 ``?gemm`` through SciPy's BLAS."""
+    """Median GFLOP/s of a 2048^3 ``?gemm`` through NumPy's BLAS."""
     run, flop = blas_peak_runner(2048, dtype)
     settle(run)
     return flop / statistics.median(time_rounds(run, rounds)) / 1e9
@@ -722,7 +714,7 @@ def _run(args, bench: bool) -> int:
         kind = "sgemm" if dtype == np.float32 else "dgemm"
         other = load.cores()
         other_text = "" if other is None else f" (other load {other:.2f} cores)"
-        print(f"BLAS peak: {kind} 2048^3 through SciPy's BLAS: {peak:.1f} GFLOP/s{other_text}")
+        print(f"BLAS peak: {kind} 2048^3 through NumPy's BLAS: {peak:.1f} GFLOP/s{other_text}")
     print(flush=True)
 
     headers = ["layer", "shape NxTxDxH", "max abs err", "err/tol", "check"]
@@ -853,7 +845,7 @@ def _add_common_options(parser: argparse.ArgumentParser, default_repeat: int) ->
         type=_positive_int,
         default=None,
         metavar="N",
-        help="limit every BLAS library (NumPy's, SciPy's) to N threads via threadpoolctl",
+        help="limit every BLAS library (NumPy's, which fastrnn calls too) to N threads",
     )
 
 

@@ -1,6 +1,7 @@
 """The one place that decides how every fastrnn kernel is compiled.
 
-All kernels go through :func:`kernel`, so the options below hold for every one of them:
+All kernels go through :func:`kernel` (helpers through :func:`helper`), so the options below
+hold for every one of them:
 
 * ``nogil=True``: kernels touch no Python objects, so separate layers can run in parallel
   threads.
@@ -13,19 +14,76 @@ All kernels go through :func:`kernel`, so the options below hold for every one o
   single :class:`RuntimeWarning` says so.
 * ``boundscheck`` follows ``NUMBA_BOUNDSCHECK``. Numba's cache does not record it, so with
   bounds checking on the disk cache is not used at all (neither loaded nor written).
+
+Why the cache key carries a fingerprint
+---------------------------------------
+Numba keys a cached kernel on its own source file only, but a kernel also contains the code
+of every helper it calls, and those live in other modules (:mod:`fastrnn._blas`,
+:mod:`fastrnn._math`). A helper changed by ``git pull`` in an editable install would leave
+the cached kernels running the old helper. So every cached kernel's key also holds a hash
+of all of :data:`KERNEL_MODULES`, and a change to any of them recompiles every kernel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from pathlib import Path
 
 import numba
+from numba.core.caching import FunctionCache
 
 #: The fastmath flags that are safe here: none of them changes what NaN or inf produce.
 SAFE_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
+#: Every module whose code is compiled into kernels. Only these may define compiled code
+#: (a test checks it), and the cache key of every kernel covers all of them.
+KERNEL_MODULES = (
+    "_jit.py",
+    "_blas.py",
+    "_math.py",
+    "_kernels.py",
+    "_kernels_sequence.py",
+    "_kernels_attention.py",
+)
+
 _TRUTHY = {"1", "true", "yes", "on"}
+
+
+def _source_fingerprint() -> str:
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for name in KERNEL_MODULES:
+        path = package / name
+        digest.update(name.encode())
+        digest.update(path.read_bytes() if path.exists() else b"<missing>")
+    return digest.hexdigest()
+
+
+#: A hash of the sources of :data:`KERNEL_MODULES`, part of every cached kernel's key.
+SOURCE_FINGERPRINT = _source_fingerprint()
+
+
+_cache_key_parts: list[str] = []
+
+
+def add_cache_key(part: str) -> None:
+    """Make ``part`` a component of every cached kernel's key.
+
+    For what decides the compiled code but is not in any source file, such as which BLAS
+    library and integer width :mod:`fastrnn._blas` bound at import.
+    """
+    if part not in _cache_key_parts:
+        _cache_key_parts.append(part)
+
+
+class KernelCache(FunctionCache):
+    """Numba's disk cache, its keys extended by :data:`SOURCE_FINGERPRINT` and by the parts
+    given to :func:`add_cache_key`."""
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), SOURCE_FINGERPRINT, *_cache_key_parts)
 
 
 def disk_cache_requested() -> bool:
@@ -55,14 +113,24 @@ def _warn_no_cache(reason: str) -> None:
         )
 
 
-def _options(cache: bool) -> dict:
+def _options() -> dict:
     return dict(
         nogil=True,
-        cache=cache,
         fastmath=set(SAFE_FASTMATH),
         error_model="numpy",
         boundscheck=None,  # follows NUMBA_BOUNDSCHECK, so CI can run with bounds checks on
     )
+
+
+def _with_disk_cache(dispatcher):
+    """Give ``dispatcher`` a :class:`KernelCache` when the environment allows one."""
+    if not disk_cache_requested():
+        return dispatcher
+    try:
+        dispatcher._cache = KernelCache(dispatcher.py_func)
+    except RuntimeError as err:  # Numba found no writable cache directory for this file
+        _warn_no_cache(str(err))
+    return dispatcher
 
 
 def kernel(func):
@@ -78,20 +146,13 @@ def kernel(func):
     numba.core.registry.CPUDispatcher
         The dispatcher; it compiles lazily, once per argument types.
     """
-    if not disk_cache_requested():
-        return numba.njit(**_options(cache=False))(func)
-    try:
-        return numba.njit(**_options(cache=True))(func)
-    except RuntimeError as err:  # Numba found no writable cache directory for this file
-        _warn_no_cache(str(err))
-        return numba.njit(**_options(cache=False))(func)
+    return _with_disk_cache(numba.njit(**_options())(func))
 
 
 def helper(func):
-    """Compile a helper that kernels of the same module call.
+    """Compile a helper that kernels call.
 
-    Helpers are not cached on their own: they are compiled into the kernels that call them.
-    Numba keys a cached kernel on its own source file only, so a helper must live in the
-    same file as the cached kernels that use it, or a changed helper would go unnoticed.
+    Helpers are not cached on their own: they are compiled into the kernels that call them,
+    whose cache key covers the helper's module (see the module docstring).
     """
-    return numba.njit(**_options(cache=False))(func)
+    return numba.njit(**_options())(func)

@@ -19,229 +19,19 @@ Conventions
 * The products that do not depend on the recurrence (``xs @ Wx``, ``dWx``, ``dWh``,
   ``dxs``) are single large GEMMs outside the time loop; only ``h @ Wh`` and
   ``dA @ Wh.T`` stay inside it.
-* Every matrix product calls SciPy's BLAS through Numba's ``numba_xxgemm`` helper, so no
-  call alternates between NumPy's and SciPy's OpenBLAS thread pools.
+* Every matrix product calls NumPy's own BLAS (:mod:`fastrnn._blas`), so the user's NumPy
+  products and fastrnn's share one thread pool.
 
-All kernels and the helpers they call live in this one module on purpose: Numba keys a
-cached kernel on its own source file, so a helper in another file could change without the
-cached kernels noticing.
+The helpers these kernels share with the other kernel modules (BLAS, activations) live in
+:mod:`fastrnn._blas` and :mod:`fastrnn._math`; the cache key of every kernel covers those
+modules too (:mod:`fastrnn._jit`).
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-from numba import types
-from numba.extending import overload
-from numba.np.linalg import ensure_blas
-
-from ._jit import SAFE_FASTMATH, helper, kernel
-
-ensure_blas()  # a clear ImportError now if SciPy (Numba's BLAS provider) is missing
-
-# --------------------------------------------------------------------------------------
-# BLAS
-# --------------------------------------------------------------------------------------
-
-# Numba's own C helper around SciPy's ?gemm (column-major, Fortran semantics). Pointers are
-# passed as integers: the same registers as pointers on every 64-bit ABI Numba supports,
-# and it lets one helper serve float32 and float64.
-_xxgemm = types.ExternalFunction(
-    "numba_xxgemm",
-    types.intc(
-        types.char,  # kind: 's' or 'd'
-        types.char,  # transa
-        types.char,  # transb
-        types.intp,  # m
-        types.intp,  # n
-        types.intp,  # k
-        types.intp,  # alpha*
-        types.intp,  # a*
-        types.intp,  # lda
-        types.intp,  # b*
-        types.intp,  # ldb
-        types.intp,  # beta*
-        types.intp,  # c*
-        types.intp,  # ldc
-    ),
-)
-
-# y = alpha * op(A) @ x + beta * y, unit strides for x and y.
-_xxgemv = types.ExternalFunction(
-    "numba_xxgemv",
-    types.intc(
-        types.char,  # kind
-        types.char,  # trans
-        types.intp,  # m
-        types.intp,  # n
-        types.intp,  # alpha*
-        types.intp,  # a*
-        types.intp,  # lda
-        types.intp,  # x*
-        types.intp,  # beta*
-        types.intp,  # y*
-    ),
-)
-
-# alpha and beta are passed by address: static arrays live as long as the process.
-_ZERO_ONE_F32 = np.array([0.0, 1.0], dtype=np.float32)
-_ZERO_ONE_F64 = np.array([0.0, 1.0], dtype=np.float64)
-_NO_TRANS = ord("n")
-_TRANS = ord("t")
-
-
-@helper
-def _gemm(c, a, b, transpose_a, transpose_b, accumulate):
-    """``c = op(a) @ op(b)`` (``+=`` when ``accumulate``), all row-major 2-D arrays.
-
-    Each operand may be a column slice of a larger C-contiguous matrix: only the last
-    axis must have unit stride. The caller guarantees matching shapes and dtypes.
-    """
-    m, n = c.shape
-    k = a.shape[0] if transpose_a else a.shape[1]
-    if m == 0 or n == 0:
-        return
-    if k == 0:  # an empty sum; BLAS is not asked about degenerate leading dimensions
-        if not accumulate:
-            c[:, :] = 0
-        return
-    itemsize = c.itemsize
-    if itemsize == 4:
-        kind = ord("s")
-        consts = _ZERO_ONE_F32.ctypes.data
-    else:
-        kind = ord("d")
-        consts = _ZERO_ONE_F64.ctypes.data
-    one = consts + itemsize
-    beta = one if accumulate else consts
-    lda = max(a.strides[0] // itemsize, a.shape[1], 1)
-    ldb = max(b.strides[0] // itemsize, b.shape[1], 1)
-    ldc = max(c.strides[0] // itemsize, n, 1)
-    if m == 1 and not transpose_a:
-        # One output row (a batch of one): a matrix-vector product. OpenBLAS's gemm does
-        # not forward this case to gemv and packs all of ``b`` first, 3x slower.
-        if transpose_b:  # c = a @ b.T; b (n, k) is column-major (k, n)
-            _xxgemv(kind, _TRANS, k, n, one, b.ctypes.data, ldb, a.ctypes.data, beta, c.ctypes.data)
-        else:  # c = a @ b; b (k, n) is column-major (n, k)
-            _xxgemv(
-                kind, _NO_TRANS, n, k, one, b.ctypes.data, ldb, a.ctypes.data, beta, c.ctypes.data
-            )
-        return
-    # Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    _xxgemm(
-        kind,
-        _TRANS if transpose_b else _NO_TRANS,
-        _TRANS if transpose_a else _NO_TRANS,
-        n,
-        m,
-        k,
-        one,
-        b.ctypes.data,
-        ldb,
-        a.ctypes.data,
-        lda,
-        beta,
-        c.ctypes.data,
-        ldc,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Activations
-# --------------------------------------------------------------------------------------
-
-
-def fast_tanh(x):
-    """tanh for kernels: a vectorisable rational approximation in float32, libm in float64.
-
-    Callable from Numba-compiled code only.
-    """
-    raise NotImplementedError("fast_tanh is only available inside Numba kernels")
-
-
-_TANH_CLAMP_F32 = np.float32(7.90531110763549805)
-_ONE_F32 = np.float32(1.0)
-# Odd numerator and even denominator of Eigen's float32 tanh approximation: at most a few
-# float32 ulp from the true value, and 1 ns or less per element instead of ~20 ns for libm.
-_TANH_P = tuple(
-    np.float32(v)
-    for v in (
-        4.89352455891786e-03,
-        6.37261928875436e-04,
-        1.48572235717979e-05,
-        5.12229709037114e-08,
-        -8.60467152213735e-11,
-        2.00018790482477e-13,
-        -2.76076847742355e-16,
-    )
-)
-_TANH_Q = tuple(
-    np.float32(v)
-    for v in (
-        4.89352518554385e-03,
-        2.26843463243900e-03,
-        1.18534705686654e-04,
-        1.19825839466702e-06,
-    )
-)
-
-
-def _tanh_float32(x):
-    # Comparisons, not min/max: a NaN fails every test below and flows through unchanged.
-    x_in = x
-    if x > _TANH_CLAMP_F32:
-        x = _TANH_CLAMP_F32
-    if x < -_TANH_CLAMP_F32:
-        x = -_TANH_CLAMP_F32
-    x2 = x * x
-    p = x2 * _TANH_P[6] + _TANH_P[5]
-    p = x2 * p + _TANH_P[4]
-    p = x2 * p + _TANH_P[3]
-    p = x2 * p + _TANH_P[2]
-    p = x2 * p + _TANH_P[1]
-    p = x2 * p + _TANH_P[0]
-    q = x2 * _TANH_Q[3] + _TANH_Q[2]
-    q = x2 * q + _TANH_Q[1]
-    q = x2 * q + _TANH_Q[0]
-    y = x * p / q
-    # Saturate exactly, as np.tanh does in float32, so that 1 - tanh(x)**2 is 0 there too.
-    if x_in > _TANH_CLAMP_F32:
-        y = _ONE_F32
-    if x_in < -_TANH_CLAMP_F32:
-        y = -_ONE_F32
-    return y
-
-
-def _tanh_libm(x):
-    return math.tanh(x)
-
-
-@overload(fast_tanh, jit_options=dict(fastmath=set(SAFE_FASTMATH), error_model="numpy"))
-def _fast_tanh_overload(x):
-    if x == types.float32:
-        return _tanh_float32
-    return _tanh_libm
-
-
-def fast_sigmoid(x):
-    """The logistic function for kernels, as ``0.5 + 0.5 * tanh(0.5 * x)``: no overflow for
-    large ``|x|`` and the same vectorisable path as :func:`fast_tanh`.
-
-    Callable from Numba-compiled code only.
-    """
-    raise NotImplementedError("fast_sigmoid is only available inside Numba kernels")
-
-
-@overload(fast_sigmoid, jit_options=dict(fastmath=set(SAFE_FASTMATH), error_model="numpy"))
-def _fast_sigmoid_overload(x):
-    half = np.float32(0.5) if x == types.float32 else np.float64(0.5)
-
-    def sigmoid(x):
-        return half + half * fast_tanh(half * x)
-
-    return sigmoid
-
+from ._blas import gemm
+from ._jit import helper, kernel
+from ._math import fast_sigmoid, fast_tanh
 
 # --------------------------------------------------------------------------------------
 # Pieces shared by every cell type
@@ -296,9 +86,9 @@ def _recurrent_product(A, h_prev, W, WT, scratchT):
     orientation that is faster for wide, small-batch products.
     """
     if WT.shape[0] == 0:
-        _gemm(A, h_prev, W, False, False, True)
+        gemm(A, h_prev, W, False, False, True)
         return
-    _gemm(scratchT, WT, h_prev, False, True, False)
+    gemm(scratchT, WT, h_prev, False, True, False)
     N, G = A.shape
     for n0 in range(0, N, 16):  # blocks of 16 batch rows: one cache line of scratchT
         n1 = min(n0 + 16, N)
@@ -316,14 +106,14 @@ def _backprop_to_state(dh, dhT, dA_t, W, WT, accumulate):
     empty or holds ``W.T`` (G, H), which the product then uses directly.
     """
     if WT.shape[0] != 0:
-        _gemm(dh, dA_t, WT, False, False, accumulate)
+        gemm(dh, dA_t, WT, False, False, accumulate)
         return
     N, H = dh.shape
     low, high = TRANSPOSED_BACKPROP_BATCHES
     if N < low or N > high:
-        _gemm(dh, dA_t, W, False, True, accumulate)
+        gemm(dh, dA_t, W, False, True, accumulate)
         return
-    _gemm(dhT, W, dA_t, False, True, False)
+    gemm(dhT, W, dA_t, False, True, False)
     for n in range(N):
         row = dh[n]
         if accumulate:
@@ -347,8 +137,8 @@ def _bias_grad(db, dA2d):
 @helper
 def _input_side_grads(dxs2d, dWx, db, dA2d, x2d, Wx):
     """The gradients that need no recurrence: ``dxs``, ``dWx`` and ``db`` from all rows."""
-    _gemm(dxs2d, dA2d, Wx, False, True, False)
-    _gemm(dWx, x2d, dA2d, True, False, False)
+    gemm(dxs2d, dA2d, Wx, False, True, False)
+    gemm(dWx, x2d, dA2d, True, False, False)
     _bias_grad(db, dA2d)
 
 
@@ -357,7 +147,7 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
     """``dWh = sum_t h_{t-1}.T @ dA_t`` as one product over all ``T * N`` rows."""
     T, N, G = dA.shape
     H = h_hist.shape[2]
-    _gemm(dWh, h_hist[:T].reshape((T * N, H)), dA.reshape((T * N, G)), True, False, False)
+    gemm(dWh, h_hist[:T].reshape((T * N, H)), dA.reshape((T * N, G)), True, False, False)
 
 
 # The element-wise loops below run row by row, over gate blocks taken as slice views
@@ -394,7 +184,7 @@ def rnn_forward(hs, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
-    _gemm(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, False, False, False)
+    gemm(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
@@ -480,7 +270,7 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT
     T, N, D = xs.shape
     H = Wh.shape[0]
     b_f, b_g, b_io = b[:H], b[H : 2 * H], b[2 * H :]
-    _gemm(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
+    gemm(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
@@ -603,7 +393,7 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     H = Wh.shape[0]
     one = gates.dtype.type(1.0)
     b_zr, b_h = b[: 2 * H], b[2 * H :]
-    _gemm(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
+    gemm(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     for t in range(T):
         _recurrent_product(gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H])
@@ -693,5 +483,5 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
     _input_side_grads(dxs.reshape((rows, D)), dWx, db, dA2d, xs.reshape((rows, D)), Wx)
-    _gemm(dWh[:, : 2 * H], h_hist[:T].reshape((rows, H)), dA2d[:, : 2 * H], True, False, False)
-    _gemm(dWh[:, 2 * H :], rh.reshape((rows, H)), dA2d[:, 2 * H :], True, False, False)
+    gemm(dWh[:, : 2 * H], h_hist[:T].reshape((rows, H)), dA2d[:, : 2 * H], True, False, False)
+    gemm(dWh[:, 2 * H :], rh.reshape((rows, H)), dA2d[:, 2 * H :], True, False, False)

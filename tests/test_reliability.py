@@ -42,7 +42,6 @@ from numba.core.registry import cpu_target
 
 import fastrnn
 from fastrnn import _jit, reference
-from fastrnn import _kernels as kernels_module
 
 PACKAGE_DIR = Path(fastrnn.__file__).resolve().parent
 FORBIDDEN_FASTMATH = {"nnan", "ninf", "fast"}
@@ -315,9 +314,26 @@ def _dispatchers(module):
     return {name: value for name, value in vars(module).items() if isinstance(value, Dispatcher)}
 
 
+def _kernel_modules():
+    """The modules of :data:`fastrnn._jit.KERNEL_MODULES` that define kernels."""
+    import importlib
+
+    names = [
+        n.removesuffix(".py")
+        for n in _jit.KERNEL_MODULES
+        if n.startswith("_kernels") and (PACKAGE_DIR / n).exists()
+    ]
+    return [importlib.import_module(f"fastrnn.{name}") for name in names]
+
+
 def _kernels():
-    """The compiled entry points the layers call (public dispatchers of _kernels)."""
-    found = {n: d for n, d in _dispatchers(kernels_module).items() if not n.startswith("_")}
+    """The compiled entry points the layers call (public dispatchers of the kernel modules)."""
+    found = {
+        f"{module.__name__}.{n}": d
+        for module in _kernel_modules()
+        for n, d in _dispatchers(module).items()
+        if not n.startswith("_") and d.py_func.__module__ == module.__name__
+    }
     assert len(found) >= 6, sorted(found)
     return found
 
@@ -339,6 +355,23 @@ def _overload_templates(func):
     except Exception:
         return []
     return [t for t in getattr(function_type, "templates", ()) if hasattr(t, "_overload_func")]
+
+
+def _implementations(overload_func):
+    """What ``overload_func`` returns for float32 and float64 arguments: scalars for the
+    activations, 2-D arrays for the BLAS wrappers."""
+    count = len(inspect.signature(overload_func).parameters)
+    found = []
+    for dtype in (types.float32, types.float64):
+        for argument in (dtype, types.Array(dtype, 2, "C")):
+            try:
+                implementation = overload_func(*[argument] * count)
+            except AttributeError:  # a scalar where the overload wants an array
+                continue
+            if implementation is not None:
+                found.append(implementation)
+                break
+    return found
 
 
 def compiled_dependencies(entry):
@@ -363,10 +396,8 @@ def compiled_dependencies(entry):
                 for template in _overload_templates(value):
                     templates.append(template)
                     pending.append(template._overload_func)
-                    for argument in (types.float32, types.float64):
-                        implementation = template._overload_func(argument)
-                        if implementation is not None:
-                            pending.append(implementation)
+                    for implementation in _implementations(template._overload_func):
+                        pending.append(implementation)
     return functions, templates
 
 
@@ -380,7 +411,8 @@ def test_kernels_are_compiled_with_nan_preserving_options():
             fastmath = set(template._jit_options.get("fastmath", ()))
             assert fastmath <= _jit.SAFE_FASTMATH, (name, template)
     assert overloads, "no overloaded activation found: is the walk still right?"
-    for name, dispatcher in _dispatchers(kernels_module).items():
+    every_dispatcher = {n: d for m in _kernel_modules() for n, d in _dispatchers(m).items()}
+    for name, dispatcher in every_dispatcher.items():
         options = dispatcher.targetoptions
         assert set(options["fastmath"]) <= _jit.SAFE_FASTMATH, name
         assert options["nogil"] is True, name  # so separate layers can run in parallel
@@ -473,16 +505,45 @@ def test_nan_and_inf_propagate_exactly_as_in_the_reference(kind, dtype, where):
 # --------------------------------------------------------------------------------------
 
 
-def test_every_compiled_helper_lives_in_the_kernels_module():
-    """Numba keys a cached kernel on its own source file only. A helper defined elsewhere
-    could change in an upgrade while the cached kernels that inlined it keep running."""
-    kernel_file = Path(kernels_module.__file__).resolve()
+def test_every_compiled_helper_is_covered_by_the_cache_key():
+    """Numba keys a cached kernel on its own source file only; fastrnn adds a fingerprint of
+    the files in ``_jit.KERNEL_MODULES``. A helper defined anywhere else could change in an
+    upgrade while the cached kernels that inlined it keep running."""
+    covered = {(PACKAGE_DIR / name).resolve() for name in _jit.KERNEL_MODULES}
+    helper_modules = set()
     for name, kernel in _kernels().items():
         functions, _ = compiled_dependencies(kernel)
         assert len(functions) > 1, name  # it does call helpers: the walk works
         for func in functions:
-            assert func.__module__ == kernels_module.__name__, (name, func)
-            assert Path(inspect.getfile(func)).resolve() == kernel_file, (name, func)
+            assert Path(inspect.getfile(func)).resolve() in covered, (name, func)
+            helper_modules.add(func.__module__)
+    assert {"fastrnn._blas", "fastrnn._math"} <= helper_modules  # the walk reaches them
+
+
+def test_cache_key_holds_the_source_fingerprint_and_the_blas_route():
+    """Every cached kernel's key ends with the fingerprint of the kernel sources and the
+    BLAS route (library kind and integer width), which no source file records."""
+    import hashlib
+
+    from fastrnn._blas import BINDING
+
+    for name, kernel in _kernels().items():
+        cache = kernel._cache
+        if not _jit.disk_cache_requested():
+            assert type(cache).__name__ == "NullCache", name
+            continue
+        assert isinstance(cache, _jit.KernelCache), name
+        key = cache._index_key(kernel.signatures[0], kernel.targetctx.codegen())
+        assert key[-2:] == (
+            _jit.SOURCE_FINGERPRINT,
+            f"blas:{BINDING.route}:{BINDING.int_bits}",
+        ), name
+    digest = hashlib.sha256()
+    for module in _jit.KERNEL_MODULES:
+        path = PACKAGE_DIR / module
+        digest.update(module.encode())
+        digest.update(path.read_bytes() if path.exists() else b"<missing>")
+    assert digest.hexdigest() == _jit.SOURCE_FINGERPRINT
 
 
 _COMPILING_CALLEES = {
@@ -512,10 +573,10 @@ def _callee_name(node):
 
 
 def test_no_other_module_compiles_code():
-    """Nothing outside _kernels.py (and the _jit.py factory) compiles code or registers an
-    overload: that would also change what the cached kernels run, unnoticed by the cache."""
+    """Nothing outside ``_jit.KERNEL_MODULES`` compiles code or registers an overload: that
+    would also change what the cached kernels run, unnoticed by the cache."""
     for path in sorted(PACKAGE_DIR.glob("*.py")):
-        if path.name in ("_kernels.py", "_jit.py"):
+        if path.name in _jit.KERNEL_MODULES:
             continue
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
@@ -700,7 +761,7 @@ def test_disk_cache_switch_and_stale_sources(tmp_path):
 
     first = _run_child(_STATS_BODY, env, cwd=tmp_path)
     assert (first["hits"], first["warnings"]) == (0, [])
-    assert first["misses"] >= 1 and "FunctionCache" in first["caches"]
+    assert first["misses"] >= 1 and "KernelCache" in first["caches"]
     files = {p: p.stat().st_mtime_ns for p in _cache_files(cache)}
     assert files, "nothing was cached"
 
@@ -712,13 +773,19 @@ def test_disk_cache_switch_and_stale_sources(tmp_path):
     assert (off["hits"], off["warnings"], off["caches"]) == (0, [], ["NullCache"])
     assert {p: p.stat().st_mtime_ns for p in _cache_files(cache)} == files
 
-    # An upgrade that changes a helper in _kernels.py: the cached rnn_forward is not used,
-    # the new code runs. (The helper changed: the float64 tanh that rnn_forward calls.)
-    kernels_file = site / "fastrnn" / "_kernels.py"
-    source = kernels_file.read_text()
+    # Another BLAS route: kernels compiled against NumPy's library are not loaded.
+    scipy_route = _run_child(_STATS_BODY, dict(env, FASTRNN_BLAS="scipy"), cwd=tmp_path)
+    assert (scipy_route["hits"], scipy_route["misses"]) == (0, 1)
+    assert [w[0] for w in scipy_route["warnings"]] == ["RuntimeWarning"]
+
+    # An upgrade that changes a helper in another module than the kernel's (_math.py): the
+    # cached rnn_forward is not used, the new code runs. (The helper changed: the float64
+    # tanh that rnn_forward calls; Numba alone would not notice, its key is _kernels.py.)
+    math_file = site / "fastrnn" / "_math.py"
+    source = math_file.read_text()
     old = "return math.tanh(x)"
     assert source.count(old) == 1, "update this test: it negates the float64 tanh helper"
-    kernels_file.write_text(source.replace(old, "return -math.tanh(x)"))
+    math_file.write_text(source.replace(old, "return -math.tanh(x)"))
     changed = _run_child(
         """
         layer = fastrnn.TimeRNN(np.ones((1, 1)), np.zeros((1, 1)), np.zeros(1))
@@ -752,7 +819,7 @@ result["hits"] = sum(probe.read.stats.cache_hits.values())
 result["probe_cache"] = type(probe.read._cache).__name__
 """
     plain = _run_child(body.replace("INDEX", "2"), env, cwd=tmp_path)
-    assert (plain["value"], plain["probe_cache"]) == (2.0, "FunctionCache")
+    assert (plain["value"], plain["probe_cache"]) == (2.0, "KernelCache")
     checked = _run_child(body.replace("INDEX", "3"), dict(env, NUMBA_BOUNDSCHECK="1"), tmp_path)
     assert checked["value"] == "IndexError"
     assert (checked["hits"], checked["probe_cache"], checked["warnings"]) == (0, "NullCache", [])
