@@ -2,10 +2,12 @@
 
 These are the layers of *Deep Learning from Scratch 2*, written to be read: one cell object
 per time step, one line per formula, a Python loop over time. They are dtype-generic (all
-work happens in the parameters' dtype) and follow the same API as the fast layers in
-:mod:`fastrnn.layers`. Nothing here is tuned for speed.
+work happens in the parameters' dtype or, for layers without parameters, in the input's
+float dtype) and follow the same API as the fast layers in :mod:`fastrnn.layers`. Nothing
+here is tuned for speed: they cost what the book's layers cost.
 
-Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``H`` hidden size.
+Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``H`` hidden size, ``V``
+vocabulary size, ``M`` output size of an affine layer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,34 @@ def sigmoid(x):
     """The logistic function ``1 / (1 + exp(-x))``, as in the book."""
     with np.errstate(over="ignore"):  # exp(-x) = inf for very negative x gives exactly 0
         return 1 / (1 + np.exp(-x))
+
+
+def softmax(x):
+    """Softmax over the last axis (each row of a 2-D ``x``), as in the book.
+
+    The row maximum is subtracted first so that ``exp`` cannot overflow.
+    """
+    x = x - x.max(axis=-1, keepdims=True)
+    x = np.exp(x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def _cross_entropy_error(y, t):
+    """The book's ``cross_entropy_error``: mean over rows of ``-log(y[n, t[n]] + 1e-7)``.
+
+    ``y`` (N, C) probabilities, ``t`` (N,) integer ids. The ``1e-7`` is the book's guard
+    against ``log(0)``, kept so that the numbers are the book's.
+    """
+    batch_size = y.shape[0]
+    return -np.sum(np.log(y[np.arange(batch_size), t] + 1e-7)) / batch_size
+
+
+def _float_dtype(*arrays):
+    """The dtype layers without parameters compute in: float32 or float64 as given (the
+    common dtype of ``arrays``), float32 for anything else (integers, bool, float16)."""
+    dtype = np.result_type(*(np.asarray(a) for a in arrays))
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
 
 
 def _zero_grads(params):
@@ -354,3 +384,455 @@ class TimeBiLSTM:
     def reset_state(self):
         self.forward_lstm.reset_state()
         self.backward_lstm.reset_state()
+
+
+# --------------------------------------------------------------------------------------
+# Embedding and affine layers
+# --------------------------------------------------------------------------------------
+
+
+class Embedding:
+    """One embedding lookup: row ``idx[n]`` of ``W`` for each sample ``n``.
+
+    Parameters
+    ----------
+    W : (V, D) array
+        One row per word id.
+    """
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = _zero_grads(self.params)
+        self.idx = None
+
+    def forward(self, idx):
+        """``idx`` (N,) integer ids -> ``W[idx]`` (N, D)."""
+        (W,) = self.params
+        self.idx = idx
+        return W[idx]
+
+    def backward(self, dout):
+        """``dout`` (N, D) -> None; sets ``grads[0]`` (V, D), ``dout`` summed per id."""
+        (dW,) = self.grads
+        dW[...] = 0
+        # np.add.at rather than dW[idx] += dout: a repeated id must add up, not overwrite
+        np.add.at(dW, self.idx, _as_param_dtype(dout, self.params))
+        return None
+
+
+class TimeEmbedding:
+    """Embedding lookups over ``T`` steps, one :class:`Embedding` per step as in the book.
+
+    Each step's layer allocates and fills a gradient as large as ``W``; ``backward`` adds
+    them up. That is the book's cost, which this reference keeps.
+
+    Parameters
+    ----------
+    W : (V, D) array
+    """
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = _zero_grads(self.params)
+        self.layers = None
+        self.W = W
+
+    def forward(self, xs):
+        """``xs`` (N, T) integer ids -> ``out`` (N, T, D), ``out[n, t] = W[xs[n, t]]``."""
+        xs = np.asarray(xs)
+        N, T = xs.shape
+        D = self.W.shape[1]
+        out = np.empty((N, T, D), dtype=self.W.dtype)
+        self.layers = []
+        for t in range(T):
+            layer = Embedding(self.W)
+            out[:, t, :] = layer.forward(xs[:, t])
+            self.layers.append(layer)
+        return out
+
+    def backward(self, dout):
+        """``dout`` (N, T, D) -> None; sets ``grads[0]`` (V, D), ``dout`` summed per id."""
+        T = dout.shape[1]
+        grad = np.zeros_like(self.W)
+        for t in range(T):
+            layer = self.layers[t]
+            layer.backward(dout[:, t, :])
+            grad += layer.grads[0]
+        self.grads[0][...] = grad
+        return None
+
+
+class TimeAffine:
+    """``x @ W + b`` at every step, computed as one product over the ``N * T`` rows.
+
+    Parameters
+    ----------
+    W : (D, M) array
+        Used as given, views included: with weight tying the book passes ``embed_W.T``.
+        ``grads[0]`` is allocated with ``W``'s memory layout.
+    b : (M,) array
+    """
+
+    def __init__(self, W, b):
+        self.params = [W, b]
+        self.grads = _zero_grads(self.params)
+        self.x = None
+
+    def forward(self, x):
+        """``x`` (N, T, D) -> ``out`` (N, T, M)."""
+        W, b = self.params
+        N, T, D = x.shape
+        x = _as_param_dtype(x, self.params)
+        out = np.dot(x.reshape(N * T, D), W) + b
+        self.x = x
+        return out.reshape(N, T, -1)
+
+    def backward(self, dout):
+        """``dout`` (N, T, M) -> ``dx`` (N, T, D); sets ``grads`` (``dW``, ``db``)."""
+        W, b = self.params
+        x = self.x
+        N, T, D = x.shape
+        dout = _as_param_dtype(dout, self.params).reshape(N * T, -1)
+        rx = x.reshape(N * T, D)
+        self.grads[0][...] = np.dot(rx.T, dout)
+        self.grads[1][...] = np.sum(dout, axis=0)
+        dx = np.dot(dout, W.T)
+        return dx.reshape(N, T, D)
+
+
+# --------------------------------------------------------------------------------------
+# Loss layers
+# --------------------------------------------------------------------------------------
+
+
+class TimeSoftmaxWithLoss:
+    """Softmax cross-entropy at every step, averaged over the positions not ignored.
+
+    ``loss = -mean(log(softmax(xs[n, t])[ts[n, t]]))`` over the positions where
+    ``ts != ignore_label``; ignored positions contribute neither loss nor gradient. As in
+    the book there is no ``1e-7`` in this log.
+
+    When every position is ignored there is nothing to average over: the loss is ``nan``
+    and the gradient all zeros, without a NumPy warning (the book divides 0 by 0).
+    Unlike the book, ``backward`` leaves the forward cache intact, so it can be repeated.
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.cache = None
+        self.ignore_label = -1
+
+    def forward(self, xs, ts):
+        """``xs`` (N, T, V) scores, ``ts`` (N, T) integer ids or (N, T, V) one-hot -> loss.
+
+        Returns
+        -------
+        float
+        """
+        xs = np.asarray(xs)
+        xs = xs.astype(_float_dtype(xs), copy=False)
+        ts = np.asarray(ts)
+        N, T, V = xs.shape
+        if ts.ndim == 3:  # one-hot targets: the id is where the 1 is
+            ts = ts.argmax(axis=2)
+        ts = ts.reshape(N * T)
+        mask = ts != self.ignore_label
+        count = int(mask.sum())
+        ys = softmax(xs.reshape(N * T, V))
+        # logs only at real targets (the book takes them everywhere, then multiplies by the
+        # mask): an ignored position's log may be -inf, and -inf * 0 would make the loss nan
+        ls = np.zeros(N * T, dtype=ys.dtype)
+        ls[mask] = np.log(ys[np.arange(N * T)[mask], ts[mask]])
+        loss = -float(np.sum(ls)) / count if count else float("nan")
+        self.cache = (ts, ys, mask, count, (N, T, V))
+        return loss
+
+    def backward(self, dout=1):
+        """``dout`` scalar -> ``dxs`` (N, T, V) = ``(softmax(xs) - onehot(ts)) * dout / count``
+        at the ``count`` positions not ignored, 0 at the others."""
+        ts, ys, mask, count, (N, T, V) = self.cache
+        if count == 0:
+            return np.zeros((N, T, V), dtype=ys.dtype)
+        dx = ys.copy()  # the book subtracts from its cached ys, so a second call would be wrong
+        dx[np.arange(N * T)[mask], ts[mask]] -= 1
+        dx *= dout
+        dx /= count
+        dx *= mask[:, np.newaxis]
+        return dx.reshape(N, T, V)
+
+
+class SigmoidWithLoss:
+    """Sigmoid and binary cross-entropy for one step, as the book's layer.
+
+    ``loss = -mean(log(p + 1e-7))`` with ``p = sigmoid(x)`` where the label is 1 and
+    ``1 - sigmoid(x)`` where it is 0; the ``1e-7`` is the book's (see
+    ``cross_entropy_error``). The gradient is the book's ``(sigmoid(x) - t) / N``, which
+    ignores the ``1e-7``.
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.loss = None
+        self.y = None  # sigmoid(x)
+        self.t = None  # labels
+
+    def forward(self, x, t):
+        """``x`` (N,) scores, ``t`` (N,) integer labels 0 or 1 -> loss.
+
+        Returns
+        -------
+        float
+        """
+        x = np.asarray(x)
+        x = x.astype(_float_dtype(x), copy=False)
+        self.t = np.asarray(t)
+        self.y = sigmoid(x)
+        # column 0 is P(label 0), column 1 is P(label 1): the label indexes its probability
+        self.loss = float(_cross_entropy_error(np.c_[1 - self.y, self.y], self.t))
+        return self.loss
+
+    def backward(self, dout=1):
+        """``dout`` scalar -> ``dx`` (N,) = ``(sigmoid(x) - t) * dout / N``."""
+        batch_size = self.t.shape[0]
+        dx = self.y - self.t.astype(self.y.dtype)
+        dx *= dout
+        dx /= batch_size
+        return dx
+
+
+class TimeSigmoidWithLoss:
+    """:class:`SigmoidWithLoss` at every step, one layer per step; losses averaged over T.
+
+    ``loss = sum over t of SigmoidWithLoss(xs[:, t], ts[:, t]) / T``, so
+    ``dxs = (sigmoid(xs) - ts) * dout / (T * N)``.
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.xs_shape = None
+        self.dtype = None
+        self.layers = None
+
+    def forward(self, xs, ts):
+        """``xs`` (N, T) scores, ``ts`` (N, T) integer labels 0 or 1 -> loss.
+
+        Returns
+        -------
+        float
+        """
+        xs = np.asarray(xs)
+        xs = xs.astype(_float_dtype(xs), copy=False)
+        ts = np.asarray(ts)
+        N, T = xs.shape
+        self.xs_shape, self.dtype = xs.shape, xs.dtype
+        self.layers = []
+        loss = 0.0
+        for t in range(T):
+            layer = SigmoidWithLoss()
+            loss += layer.forward(xs[:, t], ts[:, t])
+            self.layers.append(layer)
+        return loss / T
+
+    def backward(self, dout=1):
+        """``dout`` scalar -> ``dxs`` (N, T)."""
+        N, T = self.xs_shape
+        dxs = np.empty(self.xs_shape, dtype=self.dtype)
+        dout = dout * (1 / T)
+        for t in range(T):
+            dxs[:, t] = self.layers[t].backward(dout)
+        return dxs
+
+
+# --------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------
+
+
+class TimeDropout:
+    """Inverted dropout over a whole sequence, active while ``train_flg`` is True.
+
+    The keep mask is drawn from NumPy's global random state (``np.random.rand``) exactly as
+    in the book, so a run seeded with ``np.random.seed`` reproduces the book's masks. The
+    mask is in the input's float dtype (float32 for non-float inputs); for float32 it is the
+    book's mask exactly.
+
+    Parameters
+    ----------
+    dropout_ratio : float
+        Probability that an element is dropped. Kept elements are scaled by
+        ``1 / (1 - dropout_ratio)`` so that the output has the input's expectation.
+    """
+
+    def __init__(self, dropout_ratio=0.5):
+        self.params, self.grads = [], []
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+        self.train_flg = True
+
+    def forward(self, xs):
+        """``xs`` (N, T, D), or any shape -> ``xs * mask``; ``xs`` itself when not training."""
+        if not self.train_flg:
+            return xs
+        xs = np.asarray(xs)
+        dtype = _float_dtype(xs)
+        flg = np.random.rand(*xs.shape) > self.dropout_ratio
+        self.mask = flg.astype(dtype) * (1 / (1 - self.dropout_ratio))
+        return xs.astype(dtype, copy=False) * self.mask
+
+    def backward(self, dout):
+        """``dout`` (xs's shape) -> ``dout * mask``, the mask of the last training forward."""
+        return np.asarray(dout, dtype=self.mask.dtype) * self.mask
+
+
+# --------------------------------------------------------------------------------------
+# Attention (the book's chapter 8)
+# --------------------------------------------------------------------------------------
+
+
+class Softmax:
+    """The book's softmax layer over the last axis; used by :class:`AttentionWeight`."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.out = None
+
+    def forward(self, x):
+        """``x`` (N, T) -> ``softmax(x)`` (N, T), one distribution per row."""
+        x = np.asarray(x)
+        self.out = softmax(x.astype(_float_dtype(x), copy=False))
+        return self.out
+
+    def backward(self, dout):
+        """``dout`` (N, T) -> ``dx`` (N, T) = ``y * (dout - sum(y * dout))`` per row."""
+        y = self.out
+        dx = y * np.asarray(dout, dtype=y.dtype)
+        sumdx = np.sum(dx, axis=-1, keepdims=True)
+        dx -= y * sumdx
+        return dx
+
+
+class WeightSum:
+    """The context vector: the encoder states ``hs`` summed with the weights ``a``."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.cache = None
+
+    def forward(self, hs, a):
+        """``hs`` (N, T, H), ``a`` (N, T) -> ``c`` (N, H) = ``sum over t of a[:, t] hs[:, t]``."""
+        dtype = _float_dtype(hs, a)
+        hs, a = np.asarray(hs, dtype=dtype), np.asarray(a, dtype=dtype)
+        N, T, H = hs.shape
+        ar = a.reshape(N, T, 1)
+        c = np.sum(hs * ar, axis=1)
+        self.cache = (hs, ar)
+        return c
+
+    def backward(self, dc):
+        """``dc`` (N, H) -> ``(dhs (N, T, H), da (N, T))``."""
+        hs, ar = self.cache
+        N, T, H = hs.shape
+        # repeated over T as in the book (broadcasting would do), to cost what the book does
+        dt = np.asarray(dc, dtype=hs.dtype).reshape(N, 1, H).repeat(T, axis=1)
+        dhs = dt * ar
+        da = np.sum(dt * hs, axis=2)
+        return dhs, da
+
+
+class AttentionWeight:
+    """Attention weights: softmax over the encoder steps of the dot products ``hs[:, t] . h``."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.softmax = Softmax()
+        self.cache = None
+
+    def forward(self, hs, h):
+        """``hs`` (N, T, H), ``h`` (N, H) -> ``a`` (N, T), each row summing to 1."""
+        dtype = _float_dtype(hs, h)
+        hs, h = np.asarray(hs, dtype=dtype), np.asarray(h, dtype=dtype)
+        N, T, H = hs.shape
+        hr = h.reshape(N, 1, H)
+        s = np.sum(hs * hr, axis=2)
+        a = self.softmax.forward(s)
+        self.cache = (hs, hr)
+        return a
+
+    def backward(self, da):
+        """``da`` (N, T) -> ``(dhs (N, T, H), dh (N, H))``."""
+        hs, hr = self.cache
+        N, T, H = hs.shape
+        ds = self.softmax.backward(da)
+        # repeated over H as in the book (broadcasting would do), to cost what the book does
+        dt = ds.reshape(N, T, 1).repeat(H, axis=2)
+        dhs = dt * hr
+        dh = np.sum(dt * hs, axis=1)
+        return dhs, dh
+
+
+class Attention:
+    """One decoder step of attention: :class:`AttentionWeight`, then :class:`WeightSum`.
+
+    ``attention_weight`` keeps the last weights ``a`` (N, T).
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.attention_weight_layer = AttentionWeight()
+        self.weight_sum_layer = WeightSum()
+        self.attention_weight = None
+
+    def forward(self, hs, h):
+        """``hs`` (N, T, H) encoder states, ``h`` (N, H) decoder state -> context (N, H)."""
+        a = self.attention_weight_layer.forward(hs, h)
+        out = self.weight_sum_layer.forward(hs, a)
+        self.attention_weight = a
+        return out
+
+    def backward(self, dout):
+        """``dout`` (N, H) -> ``(dhs (N, T, H), dh (N, H))``."""
+        dhs0, da = self.weight_sum_layer.backward(dout)
+        dhs1, dh = self.attention_weight_layer.backward(da)
+        # hs feeds both the weights and the weighted sum
+        return dhs0 + dhs1, dh
+
+
+class TimeAttention:
+    """:class:`Attention` for every decoder step, one layer per step as in the book.
+
+    ``attention_weights`` is the list of the ``Td`` weight arrays (N, Te), one per step.
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.layers = None
+        self.attention_weights = None
+        self.cache = None
+
+    def forward(self, hs_enc, hs_dec):
+        """``hs_enc`` (N, Te, H), ``hs_dec`` (N, Td, H) -> contexts (N, Td, H)."""
+        dtype = _float_dtype(hs_enc, hs_dec)
+        hs_enc, hs_dec = np.asarray(hs_enc, dtype=dtype), np.asarray(hs_dec, dtype=dtype)
+        N, T, H = hs_dec.shape
+        out = np.empty((N, T, H), dtype=dtype)
+        self.layers = []
+        self.attention_weights = []
+        for t in range(T):
+            layer = Attention()
+            out[:, t, :] = layer.forward(hs_enc, hs_dec[:, t, :])
+            self.layers.append(layer)
+            self.attention_weights.append(layer.attention_weight)
+        self.cache = (hs_enc.shape, dtype)
+        return out
+
+    def backward(self, dout):
+        """``dout`` (N, Td, H) -> ``(dhs_enc (N, Te, H), dhs_dec (N, Td, H))``."""
+        enc_shape, dtype = self.cache
+        N, T, H = dout.shape
+        dhs_enc = np.zeros(enc_shape, dtype=dtype)
+        dhs_dec = np.empty((N, T, H), dtype=dtype)
+        for t in range(T):
+            dhs, dh = self.layers[t].backward(dout[:, t, :])
+            dhs_enc += dhs  # every decoder step attends to all of hs_enc
+            dhs_dec[:, t, :] = dh
+        return dhs_enc, dhs_dec
