@@ -85,10 +85,14 @@ from fastrnn._kernels import (
     _input_side_grads,
     _recurrent_product,
     _recurrent_weight_grad,
-    backward_uses_transposed_weights,
-    forward_uses_transposed_weights,
 )
 from fastrnn._math import fast_sigmoid, fast_tanh
+
+
+def fast_routes(layer):
+    """The planner's routes that ``layer``'s last forward used (and its backward uses)."""
+    return layer._engine.saved["routes"]
+
 
 # --------------------------------------------------------------------------------------
 # Compiled pieces. Each takes ``reps`` and repeats its work that many times.
@@ -141,22 +145,22 @@ def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT
 
 
 @helper
-def _repeat_backward_recurrent_products(reps, dh, dhT, dA, Wh, WhT):
+def _repeat_backward_recurrent_products(reps, dh, dhT, dA, Wh, WhT, route):
     # RNN and LSTM: dh = dA_t @ Wh.T for every step, the way the kernels compute it.
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False)
+            _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route)
 
 
 @helper
-def _repeat_gru_backward_recurrent_products(reps, dh, dhr, dhT, dA, Wh, WhT):
+def _repeat_gru_backward_recurrent_products(reps, dh, dhr, dhT, dA, Wh, WhT, route):
     H = Wh.shape[0]
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False)
-            _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True)
+            _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route)
+            _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route)
 
 
 @helper
@@ -436,9 +440,10 @@ class Breakdown:
             "GEMM",
             2 * rows * D * G * H,
         )
-        # The kernels' choice of orientation: a contiguous Wh.T for wide, small batches.
+        # The planner's choice of orientation, as the layer's forward made it.
         N = xs_tm.shape[1]
-        if forward_uses_transposed_weights(N, T, H):
+        routes = fast_routes(fast)
+        if routes.forward_transposes:
             WhT, scratchT = np.ascontiguousarray(Wh.T), np.empty((G * H, N), Wh.dtype)
         else:
             WhT, scratchT = np.empty((0, H), Wh.dtype), np.empty((0, N), Wh.dtype)
@@ -529,8 +534,9 @@ class Breakdown:
         )
         # No copy of dhs: the kernel reads the caller's C-contiguous array as it is.
         dh_s, dhr_s, dhT_s = _scratch(dh), _scratch(dh), np.zeros((H, N), dtype)
-        # The layer's choice: a contiguous Wh.T for small weights and batches.
-        if backward_uses_transposed_weights(N, T, H, G):
+        # The planner's choice, as the layer's backward makes it.
+        routes = fast_routes(fast)
+        if routes.backward_transposes:
             WhT = np.ascontiguousarray(Wh.T)
         else:
             WhT = np.empty((0, H), dtype)
@@ -539,7 +545,7 @@ class Breakdown:
                 b,
                 f"GEMM recurrent dA @ Wh.T ({2 * T} calls, via _backprop_to_state)",
                 lambda r: _repeat_gru_backward_recurrent_products(
-                    r, dh_s, dhr_s, dhT_s, dA, Wh, WhT
+                    r, dh_s, dhr_s, dhT_s, dA, Wh, WhT, routes.backward_code
                 ),
                 "GEMM",
                 flop_recurrent,
@@ -548,7 +554,9 @@ class Breakdown:
             recurrent = self.add(
                 b,
                 f"GEMM recurrent dA @ Wh.T ({T} calls, via _backprop_to_state)",
-                lambda r: _repeat_backward_recurrent_products(r, dh_s, dhT_s, dA, Wh, WhT),
+                lambda r: _repeat_backward_recurrent_products(
+                    r, dh_s, dhT_s, dA, Wh, WhT, routes.backward_code
+                ),
                 "GEMM",
                 flop_recurrent,
             )

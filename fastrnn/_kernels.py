@@ -37,44 +37,15 @@ from ._math import fast_sigmoid, fast_tanh
 # Pieces shared by every cell type
 # --------------------------------------------------------------------------------------
 
-# Which BLAS orientation runs the per-step recurrent products fastest depends on the shape.
-# Measured with OpenBLAS on 2 cores (AVX-512), all ratios per product:
-# * backward, ``dA_t @ W.T``: computing ``(W @ dA_t.T).T`` into an (H, N) scratch is
-#   1.3-1.8x faster for batches of 16 to 64; for N <= 10 and N = 128 the direct product is
-#   as fast or faster. For a small ``W`` (G * H <= 40000, the book's H = 100) and batches of
-#   8 to 24, ``dA_t @ WT`` against a contiguous copy ``WT`` of ``W.T`` beats both: 1.1-1.2x
-#   the (H, N) scratch route for G = 4H, 2x for G = H, and 1.6x the direct product at N = 8.
-#   Like the forward's, that copy pays off from about T = 8.
-# * forward, ``h @ Wh``: computing ``(Wh.T @ h.T).T`` from a contiguous copy of ``Wh.T`` is
-#   1.25-1.35x faster for H = 650 and N = 10..32, even with the transposed add, but
-#   0.4-0.9x for H <= 256 or N >= 64; the copy of ``Wh.T`` pays off from about T = 8.
-TRANSPOSED_BACKPROP_BATCHES = (16, 64)
-TRANSPOSED_FORWARD_BATCHES = (2, 48)
-TRANSPOSED_FORWARD_MIN_HIDDEN = 512
-TRANSPOSED_WEIGHTS_MIN_STEPS = 8
-CONTIGUOUS_WT_BACKPROP_BATCHES = (8, 24)
-CONTIGUOUS_WT_BACKPROP_MAX_SIZE = 40_000
+# Which BLAS orientation runs the per-step recurrent products fastest depends on the shape
+# and on the machine; :mod:`fastrnn._planner` measures the candidates and the layers pass its
+# choice in: a contiguous copy ``WT`` of ``W.T`` (or an empty one) and a backward route.
 
-
-def forward_uses_transposed_weights(N: int, T: int, H: int) -> bool:
-    """Whether the forward kernels should get a contiguous ``Wh.T`` for shape (N, T, ., H)."""
-    low, high = TRANSPOSED_FORWARD_BATCHES
-    return (
-        low <= N <= high
-        and H >= TRANSPOSED_FORWARD_MIN_HIDDEN
-        and T >= TRANSPOSED_WEIGHTS_MIN_STEPS
-    )
-
-
-def backward_uses_transposed_weights(N: int, T: int, H: int, gates: int) -> bool:
-    """Whether the backward kernels should get a contiguous ``Wh.T`` for shape
-    (N, T, ., H) and ``gates`` gate blocks."""
-    low, high = CONTIGUOUS_WT_BACKPROP_BATCHES
-    return (
-        low <= N <= high
-        and gates * H * H <= CONTIGUOUS_WT_BACKPROP_MAX_SIZE
-        and T >= TRANSPOSED_WEIGHTS_MIN_STEPS
-    )
+#: Backward routes of ``dA_t @ W.T``: the product as it is, ``(W @ dA_t.T).T`` through an
+#: (H, N) scratch, or ``dA_t @ WT`` against a contiguous copy ``WT`` of ``W.T``.
+BACKPROP_DIRECT = 0
+BACKPROP_VIA_SCRATCH = 1
+BACKPROP_VIA_WT = 2
 
 
 @helper
@@ -99,20 +70,19 @@ def _recurrent_product(A, h_prev, W, WT, scratchT):
 
 
 @helper
-def _backprop_to_state(dh, dhT, dA_t, W, WT, accumulate):
+def _backprop_to_state(dh, dhT, dA_t, W, WT, accumulate, route):
     """``dh = dA_t @ W.T`` (``+=`` when ``accumulate``): the gradient of the previous state.
 
-    ``dh`` (N, H); ``dhT`` (H, N) scratch; ``dA_t`` (N, G); ``W`` (H, G). ``WT`` is either
-    empty or holds ``W.T`` (G, H), which the product then uses directly.
+    ``dh`` (N, H); ``dhT`` (H, N) scratch; ``dA_t`` (N, G); ``W`` (H, G). ``route`` is one
+    of the ``BACKPROP_*`` constants; with ``BACKPROP_VIA_WT``, ``WT`` holds ``W.T`` (G, H).
     """
-    if WT.shape[0] != 0:
+    if route == BACKPROP_VIA_WT:
         gemm(dh, dA_t, WT, False, False, accumulate)
         return
-    N, H = dh.shape
-    low, high = TRANSPOSED_BACKPROP_BATCHES
-    if N < low or N > high:
+    if route == BACKPROP_DIRECT:
         gemm(dh, dA_t, W, False, True, accumulate)
         return
+    N, H = dh.shape
     gemm(dhT, W, dA_t, False, True, False)
     for n in range(N):
         row = dh[n]
@@ -180,7 +150,7 @@ def rnn_forward(hs, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     Wh : (H, H) array
     b : (H,) array
     WhT : (H, H) or (0, H) array
-        A contiguous ``Wh.T`` when :func:`forward_uses_transposed_weights`, else empty.
+        A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -196,7 +166,7 @@ def rnn_forward(hs, h_hist, scratchT, xs, Wx, Wh, b, WhT):
 
 
 @kernel
-def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT):
+def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, route):
     """Backpropagate through a plain RNN sequence.
 
     Parameters
@@ -217,7 +187,9 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT):
     h_hist, xs, Wx, Wh
         As saved and used by :func:`rnn_forward`.
     WhT : (H, H) or (0, H) array
-        A contiguous ``Wh.T`` when :func:`backward_uses_transposed_weights`, else empty.
+        A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
+    route : int
+        How the per-step ``dA_t @ Wh.T`` runs: a ``BACKPROP_*`` constant.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -229,7 +201,7 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT):
             dh_n, dhs_n = dh[n], dhs[n, t]
             for j in range(H):
                 da[j] = (dhs_n[j] + dh_n[j]) * (one - h[j] * h[j])
-        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False)
+        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route)
     rows = T * N
     _input_side_grads(
         dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, H)), xs.reshape((rows, D)), Wx
@@ -265,7 +237,7 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT
     Wh : (H, 4H) array
     b : (4H,) array
     WhT : (4H, H) or (0, H) array
-        A contiguous ``Wh.T`` when :func:`forward_uses_transposed_weights`, else empty.
+        A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -299,7 +271,7 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT
 
 @kernel
 def lstm_backward(
-    dxs, dWx, dWh, db, dh, dc, dhT, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, WhT
+    dxs, dWx, dWh, db, dh, dc, dhT, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, WhT, route
 ):
     """Backpropagate through an LSTM sequence.
 
@@ -321,7 +293,9 @@ def lstm_backward(
     gates, c_hist, tanh_c, h_hist, xs, Wx, Wh
         As saved and used by :func:`lstm_forward`.
     WhT : (4H, H) or (0, H) array
-        A contiguous ``Wh.T`` when :func:`backward_uses_transposed_weights`, else empty.
+        A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
+    route : int
+        How the per-step ``dA_t @ Wh.T`` runs: a ``BACKPROP_*`` constant.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -352,7 +326,7 @@ def lstm_backward(
                 di[j] = ds[j] * g[j] * i[j] * (one - i[j])
             for j in range(H):
                 ds[j] *= f[j]
-        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False)
+        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route)
     rows = T * N
     _input_side_grads(
         dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, 4 * H)), xs.reshape((rows, D)), Wx
@@ -387,7 +361,7 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     Wh : (H, 3H) array
     b : (3H,) array
     WhT : (3H, H) or (0, H) array
-        A contiguous ``Wh.T`` when :func:`forward_uses_transposed_weights`, else empty.
+        A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -421,7 +395,9 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
 
 
 @kernel
-def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs, Wx, Wh, WhT):
+def gru_backward(
+    dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs, Wx, Wh, WhT, route
+):
     """Backpropagate through a GRU sequence.
 
     Parameters
@@ -444,7 +420,9 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
     gates, rh, h_hist, xs, Wx, Wh
         As saved and used by :func:`gru_forward`.
     WhT : (3H, H) or (0, H) array
-        A contiguous ``Wh.T`` when :func:`backward_uses_transposed_weights`, else empty.
+        A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
+    route : int
+        How the per-step products with ``Wh.T`` run: a ``BACKPROP_*`` constant.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -468,7 +446,7 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
                 dz[j] = dh_n[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
             for j in range(H):
                 dh_n[j] *= one - z[j]
-        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False)
+        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route)
         for n in range(N):
             r = gates[t, n, H : 2 * H]
             dr = dA[t, n, H : 2 * H]
@@ -479,9 +457,28 @@ def gru_backward(dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs
                 dh_n[j] += r[j] * dhr_n[j]
             for j in range(H):
                 dr[j] = dhr_n[j] * h_prev[j] * r[j] * (one - r[j])
-        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True)
+        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route)
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
     _input_side_grads(dxs.reshape((rows, D)), dWx, db, dA2d, xs.reshape((rows, D)), Wx)
     gemm(dWh[:, : 2 * H], h_hist[:T].reshape((rows, H)), dA2d[:, : 2 * H], True, False, False)
     gemm(dWh[:, 2 * H :], rh.reshape((rows, H)), dA2d[:, 2 * H :], True, False, False)
+
+
+# --------------------------------------------------------------------------------------
+# What the planner times: the per-step products alone, repeated
+# --------------------------------------------------------------------------------------
+
+
+@kernel
+def repeat_recurrent_product(reps, A, h_prev, W, WT, scratchT):
+    """Run :func:`_recurrent_product` ``reps`` times (for :mod:`fastrnn._planner`)."""
+    for _ in range(reps):
+        _recurrent_product(A, h_prev, W, WT, scratchT)
+
+
+@kernel
+def repeat_backprop_to_state(reps, dh, dhT, dA_t, W, WT, route):
+    """Run :func:`_backprop_to_state` ``reps`` times (for :mod:`fastrnn._planner`)."""
+    for _ in range(reps):
+        _backprop_to_state(dh, dhT, dA_t, W, WT, False, route)

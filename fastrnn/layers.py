@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from . import _kernels as kernels
+from ._planner import plan
 from ._validation import (
     check_grads,
     check_params,
@@ -109,14 +110,21 @@ class _Recurrence:
         if self.has_cell_state:
             c_hist = ws.take("c_hist", (T + 1, N, H), dtype)
             _set_initial(c_hist[0], c0)
-        # Wide, small-batch products run faster against a contiguous copy of Wh.T.
-        transposed = kernels.forward_uses_transposed_weights(N, T, H)
-        WhT = self._transposed_weights(Wh, transposed)
+        # The planner decides whether the per-step products run against a copy of Wh.T.
+        routes = plan(self.gates, N, T, H, dtype)
+        WhT = self._transposed_weights(Wh, routes.forward_transposes)
         scratchT = ws.take("scratchT", (WhT.shape[0], N), dtype)
         hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
         activations = self._run_forward(hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT)
         self.saved = dict(
-            xs=xs_tm, h_hist=h_hist, c_hist=c_hist, Wx=Wx, Wh=Wh, b=b, activations=activations
+            xs=xs_tm,
+            h_hist=h_hist,
+            c_hist=c_hist,
+            Wx=Wx,
+            Wh=Wh,
+            b=b,
+            activations=activations,
+            routes=routes,
         )
         return hs, h_hist[T], (None if c_hist is None else c_hist[T])
 
@@ -148,11 +156,9 @@ class _Recurrence:
             for i, g in enumerate(grads)
         ]
         dhT = ws.take("dhT", (H, N), dtype)
-        # Small weights, small batches: dA_t @ Wh.T is faster against a contiguous Wh.T.
-        WhT = self._transposed_weights(
-            Wh, kernels.backward_uses_transposed_weights(N, T, H, self.gates)
-        )
-        self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, dhs, saved)
+        routes = saved["routes"]
+        WhT = self._transposed_weights(Wh, routes.backward_transposes)
+        self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, routes.backward_code, dhs, saved)
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
@@ -175,7 +181,7 @@ class _Recurrence:
     def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
         raise NotImplementedError
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         raise NotImplementedError
 
 
@@ -204,7 +210,7 @@ class _RNNRecurrence(_Recurrence):
         kernels.rnn_forward(hs, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return {}
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         dA = self.ws.take("dA", (dhs.shape[1], dhs.shape[0], dhs.shape[2]), dh.dtype)
         kernels.rnn_backward(
             dxs_tm,
@@ -218,6 +224,7 @@ class _RNNRecurrence(_Recurrence):
             saved["Wx"],
             saved["Wh"],
             WhT,
+            route,
         )
 
 
@@ -233,7 +240,7 @@ class _LSTMRecurrence(_Recurrence):
         kernels.lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return dict(gates=gates, tanh_c=tanh_c)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         kernels.lstm_backward(
@@ -252,6 +259,7 @@ class _LSTMRecurrence(_Recurrence):
             saved["Wx"],
             saved["Wh"],
             WhT,
+            route,
         )
 
 
@@ -266,7 +274,7 @@ class _GRURecurrence(_Recurrence):
         kernels.gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
         return dict(gates=gates, rh=rh)
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         dhr = self.ws.take("dhr", dh.shape, dh.dtype)
@@ -285,6 +293,7 @@ class _GRURecurrence(_Recurrence):
             saved["Wx"],
             saved["Wh"],
             WhT,
+            route,
         )
 
 

@@ -10,11 +10,14 @@ in place, fresh outputs, stateful chains and set_state/reset_state.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from _support import DTYPES, assert_close, make_params
+from _support import DTYPES, FAMILY, GATES, assert_close, make_params
 
 import fastrnn
+from fastrnn import _planner
 from fastrnn import reference as ref
 
 #: name -> (fast class, reference class, gate family, number of parameter sets)
@@ -35,8 +38,8 @@ dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
 time_layers = pytest.mark.parametrize("name", TIME_LAYERS)
 uni_layers = pytest.mark.parametrize("name", UNI_LAYERS)
 
-#: (N, T, D, H) edge shapes and larger cases, including shapes on each side of the
-#: kernels' switches between BLAS orientations (see test_shapes_cover_every_orientation).
+#: (N, T, D, H) edge shapes and larger cases (every BLAS orientation of the per-step
+#: products is pinned in turn by test_every_route_matches_reference).
 SHAPES = {
     "N1": (1, 4, 3, 5),
     "T1": (3, 1, 4, 5),
@@ -369,8 +372,8 @@ def test_in_place_param_updates_are_seen(rng, name, dtype):
 
 
 @time_layers
-@pytest.mark.parametrize("shape_id", ["N17-T8-D4-H9", "N25-T3-D4-H6", "N3-T8-D4-H512"])
-def test_update_between_forward_and_backward(rng, name, shape_id):
+@pytest.mark.parametrize("shape_id", ["N17-T8-D4-H9", "N3-T8-D4-H512"])
+def test_update_between_forward_and_backward(rng, name, shape_id, pinned_routes):
     """An in-place change of Wh after forward is seen by backward, as in the book, on every
     route the backward product can take (and after a forward that copied Wh.T)."""
     N, T, D, H = SHAPES[shape_id]
@@ -751,21 +754,32 @@ def test_cell_outputs_are_fresh_and_grads_overwritten(rng, family):
         np.testing.assert_array_equal(a, k)
 
 
-def test_shapes_cover_every_orientation():
-    """SHAPES exercises every BLAS orientation of the forward and the backward products."""
-    from fastrnn import _kernels
+ROUTE_PINS = [
+    f"forward={forward},backward={backward}"
+    for forward in _planner.FORWARD_ROUTES
+    for backward in _planner.BACKWARD_ROUTES
+]
 
-    low, high = _kernels.TRANSPOSED_BACKPROP_BATCHES
 
-    def backward_route(N, T, H, gates):
-        if _kernels.backward_uses_transposed_weights(N, T, H, gates):
-            return "dA @ contiguous W.T"
-        return "(W @ dA.T).T" if low <= N <= high else "dA @ W.T"
+@pytest.fixture(params=ROUTE_PINS)
+def pinned_routes(request):
+    """Every combination of the planner's routes, pinned for one test."""
+    _planner.pin(request.param)
+    yield request.param
+    _planner.pin(os.environ.get(_planner.PLAN_VARIABLE, ""))
 
-    for gates in (1, 3, 4):
-        routes = {backward_route(N, T, H, gates) for N, T, _, H in SHAPES.values()}
-        assert len(routes) == 3, (gates, routes)
-    transposed = [
-        _kernels.forward_uses_transposed_weights(N, T, H) for N, T, _, H in SHAPES.values()
-    ]
-    assert any(transposed) and not all(transposed)
+
+@pytest.mark.parametrize("shape_id", ["N7-T9-D5-H11", "N17-T8-D4-H9", "N3-T8-D4-H512"])
+@dtypes
+@time_layers
+def test_every_route_matches_reference(rng, name, dtype, shape_id, pinned_routes):
+    """Whichever orientation the planner picks for the per-step products, the numbers are
+    the reference's."""
+    N, T, D, H = SHAPES[shape_id]
+    fast, reference, _, _ = make_pair(rng, name, D, H, dtype)
+    xs = randn(rng, (N, T, D), dtype)
+    dhs = randn(rng, (N, T, out_width(name, H)), dtype)
+    run_both(fast, reference, xs, dhs, dtype)
+    routes = _planner.plans()[(GATES[FAMILY[name]], N, T, H, np.dtype(dtype).str)]
+    assert routes.source == "pinned"
+    assert pinned_routes == f"forward={routes.forward},backward={routes.backward}"

@@ -513,11 +513,11 @@ def test_every_compiled_helper_is_covered_by_the_cache_key():
     helper_modules = set()
     for name, kernel in _kernels().items():
         functions, _ = compiled_dependencies(kernel)
-        assert len(functions) > 1, name  # it does call helpers: the walk works
         for func in functions:
             assert Path(inspect.getfile(func)).resolve() in covered, (name, func)
             helper_modules.add(func.__module__)
-    assert {"fastrnn._blas", "fastrnn._math"} <= helper_modules  # the walk reaches them
+    # The walk does reach helpers in other modules than the kernels'.
+    assert {"fastrnn._blas", "fastrnn._math"} <= helper_modules
 
 
 def test_cache_key_holds_the_source_fingerprint_and_the_blas_route():
@@ -527,17 +527,23 @@ def test_cache_key_holds_the_source_fingerprint_and_the_blas_route():
 
     from fastrnn._blas import BINDING
 
+    _run_every_layer(np.float64)
+    checked = 0
     for name, kernel in _kernels().items():
         cache = kernel._cache
         if not _jit.disk_cache_requested():
             assert type(cache).__name__ == "NullCache", name
             continue
         assert isinstance(cache, _jit.KernelCache), name
+        if not kernel.signatures:
+            continue  # not compiled in this process
+        checked += 1
         key = cache._index_key(kernel.signatures[0], kernel.targetctx.codegen())
         assert key[-2:] == (
             _jit.SOURCE_FINGERPRINT,
             f"blas:{BINDING.route}:{BINDING.int_bits}",
         ), name
+    assert checked or not _jit.disk_cache_requested()
     digest = hashlib.sha256()
     for module in _jit.KERNEL_MODULES:
         path = PACKAGE_DIR / module

@@ -1,0 +1,296 @@
+"""Which BLAS orientation the per-step recurrent products use, chosen on the machine that runs.
+
+The recurrent layers make two small products per time step: ``h @ Wh`` (forward) and
+``dA @ Wh.T`` (backward). BLAS libraries run them at very different speeds depending on
+their orientation, the shape, the library's build and the CPU: measured on three machines,
+the best choice moved between them. So, as FFTW's planner and cuDNN's benchmark mode do,
+the first time a layer meets a (gates, batch, hidden size, dtype) combination the candidates
+are timed on this machine, and the fastest is kept for the rest of the process:
+
+* forward: ``direct`` (``A += h @ Wh``) or ``transposed`` (``(Wh.T @ h.T).T`` against a
+  contiguous copy of ``Wh.T``, made on every call so that in-place updates are seen);
+* backward: ``direct`` (``dA @ Wh.T``), ``scratch`` (``(Wh @ dA.T).T`` through an (H, N)
+  scratch) or ``transposed`` (``dA @ WT`` against a contiguous copy ``WT`` of ``Wh.T``).
+
+A route that needs the copy of ``Wh.T`` pays for it once per call, so the choice for a
+sequence of ``T`` steps weighs ``T`` products against one copy. Timing a combination costs
+a few milliseconds once (each candidate repeated for about 0.2 ms, three interleaved
+rounds, the fastest round kept, which is robust to a moment of load from elsewhere).
+
+A batch of one always runs ``direct``: the products are matrix-vector products then.
+
+``FASTRNN_PLAN``, read at import, pins the choice: ``static`` uses fixed rules measured on
+one machine (no timing); ``forward=transposed,backward=scratch`` (either part may be left
+out, and ``auto`` means measured) fixes one or both directions; :func:`pin` does the same
+at run time. :func:`plans` lists what was chosen, for ``python -m fastrnn bench``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as kernels
+
+__all__ = ["Plan", "PLAN_VARIABLE", "forget", "pin", "plan", "plans"]
+
+PLAN_VARIABLE = "FASTRNN_PLAN"
+FORWARD_ROUTES = ("direct", "transposed")
+BACKWARD_ROUTES = ("direct", "scratch", "transposed")
+_BACKPROP_CODES = {
+    "direct": kernels.BACKPROP_DIRECT,
+    "scratch": kernels.BACKPROP_VIA_SCRATCH,
+    "transposed": kernels.BACKPROP_VIA_WT,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The routes of one layer shape.
+
+    Attributes
+    ----------
+    forward : str
+        One of :data:`FORWARD_ROUTES`.
+    backward : str
+        One of :data:`BACKWARD_ROUTES`.
+    source : str
+        ``"measured"``, ``"static"``, ``"pinned"`` or ``"batch of one"``.
+    """
+
+    forward: str
+    backward: str
+    source: str = "measured"
+
+    @property
+    def forward_transposes(self) -> bool:
+        """Whether the forward kernels get a contiguous copy of ``Wh.T``."""
+        return self.forward == "transposed"
+
+    @property
+    def backward_transposes(self) -> bool:
+        """Whether the backward kernels get a contiguous copy of ``Wh.T``."""
+        return self.backward == "transposed"
+
+    @property
+    def backward_code(self) -> int:
+        """The ``route`` argument of the backward kernels."""
+        return _BACKPROP_CODES[self.backward]
+
+    def describe(self) -> str:
+        return f"fwd {self.forward}, bwd {self.backward} ({self.source})"
+
+
+def _parse_pins(text: str) -> tuple[bool, dict[str, str]]:
+    """``FASTRNN_PLAN`` -> (static, {direction: route}); raises ValueError naming it."""
+    text = text.strip().lower()
+    if text in ("", "auto"):
+        return False, {}
+    if text == "static":
+        return True, {}
+    pins = {}
+    allowed = {"forward": FORWARD_ROUTES, "backward": BACKWARD_ROUTES}
+    for part in text.split(","):
+        direction, _, route = part.partition("=")
+        direction, route = direction.strip(), route.strip()
+        if direction not in allowed or route not in (*allowed[direction], "auto"):
+            raise ValueError(
+                f"{PLAN_VARIABLE} must be 'auto', 'static' or a list like "
+                f"'forward=transposed,backward=scratch' (forward: {', '.join(FORWARD_ROUTES)}; "
+                f"backward: {', '.join(BACKWARD_ROUTES)}; either may be 'auto'), got {text!r}"
+            )
+        if route != "auto":
+            pins[direction] = route
+    return False, pins
+
+
+# --------------------------------------------------------------------------------------
+# Fixed rules: measured once, with OpenBLAS 0.3.30 on a 2-core Intel Xeon (AVX-512)
+# --------------------------------------------------------------------------------------
+
+
+def static_plan(gates: int, N: int, T: int, H: int) -> Plan:
+    """The rules that held on the machine they were measured on (see the comments)."""
+    # Forward: the transposed product is 1.25-1.35x faster for H = 650 and N = 10..32, but
+    # 0.4-0.9x for H <= 256 or N >= 64; the copy of Wh.T pays off from about T = 8.
+    forward = "transposed" if 2 <= N <= 48 and H >= 512 and T >= 8 else "direct"
+    # Backward: against a contiguous Wh.T for small weights and batches of 8-24 (1.1-2x),
+    # through the (H, N) scratch for batches of 16-64 (1.3-1.8x), else as it is.
+    if 8 <= N <= 24 and gates * H * H <= 40_000 and T >= 8:
+        backward = "transposed"
+    elif 16 <= N <= 64:
+        backward = "scratch"
+    else:
+        backward = "direct"
+    return Plan(forward, backward, "static")
+
+
+# --------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------
+
+#: Seconds each candidate's timed round should last, and rounds per candidate.
+_ROUND_SECONDS = 2e-4
+_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds per product of every candidate, and of one copy of ``Wh.T``."""
+
+    forward: dict
+    backward: dict
+    copy: float
+
+
+def _time_candidates(candidates: dict) -> dict:
+    """Fastest of ``_ROUNDS`` interleaved rounds per candidate, in seconds per repetition.
+
+    ``candidates`` maps a name to ``run(reps)``.
+    """
+    reps = {}
+    for name, run in candidates.items():
+        run(1)  # compiles or loads the timing kernel, warms the caches
+        start = time.perf_counter()
+        run(1)
+        once = max(time.perf_counter() - start, 1e-7)
+        reps[name] = max(1, min(1000, math.ceil(_ROUND_SECONDS / once)))
+    best = dict.fromkeys(candidates, math.inf)
+    for _ in range(_ROUNDS):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run(reps[name])
+            best[name] = min(best[name], (time.perf_counter() - start) / reps[name])
+    return best
+
+
+def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
+    """Time every candidate product for ``N`` rows, hidden size ``H``, ``gates`` blocks."""
+    dtype = np.dtype(dtype)
+    G = gates * H
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((H, G)) / math.sqrt(H)).astype(dtype)
+    WT = np.ascontiguousarray(W.T)
+    no_WT = np.empty((0, H), dtype)
+    h = rng.standard_normal((N, H)).astype(dtype)
+    A = np.zeros((N, G), dtype)
+    scratchT = np.empty((G, N), dtype)
+    dA = rng.standard_normal((N, G)).astype(dtype)
+    dh = np.empty((N, H), dtype)
+    dhT = np.empty((H, N), dtype)
+    forward = _time_candidates(
+        {
+            "direct": lambda r: kernels.repeat_recurrent_product(r, A, h, W, no_WT, scratchT[:0]),
+            "transposed": lambda r: kernels.repeat_recurrent_product(r, A, h, W, WT, scratchT),
+        }
+    )
+    backward = _time_candidates(
+        {
+            route: (
+                lambda r, code=code, weights=WT if route == "transposed" else no_WT: (
+                    kernels.repeat_backprop_to_state(r, dh, dhT, dA, W, weights, code)
+                )
+            )
+            for route, code in _BACKPROP_CODES.items()
+        }
+    )
+
+    def copy(reps):
+        for _ in range(reps):
+            np.copyto(WT, W.T)
+
+    copy_time = _time_candidates({"copy": copy})["copy"]
+    return StepTimes(forward, backward, copy_time)
+
+
+def choose(times: StepTimes, T: int) -> tuple[str, str]:
+    """The cheapest forward and backward route for ``T`` steps, the copy counted once."""
+
+    def cost(route, per_step):
+        return T * per_step + (times.copy if route == "transposed" else 0.0)
+
+    forward = min(FORWARD_ROUTES, key=lambda r: cost(r, times.forward[r]))
+    backward = min(BACKWARD_ROUTES, key=lambda r: cost(r, times.backward[r]))
+    return forward, backward
+
+
+class _Planner:
+    """Plans per (gates, N, H, dtype), measured once per process; thread-safe."""
+
+    def __init__(self, pins: str):
+        self._times: dict[tuple, StepTimes] = {}
+        self._chosen: dict[tuple, Plan] = {}
+        self._lock = threading.Lock()
+        self.pin(pins)
+
+    def pin(self, text: str) -> None:
+        self._static, self._pins = _parse_pins(text)
+        self._chosen.clear()
+
+    def plan(self, gates: int, N: int, T: int, H: int, dtype) -> Plan:
+        key = (gates, N, T, H, np.dtype(dtype).str)
+        found = self._chosen.get(key)
+        if found is not None:
+            return found
+        static, pins = self._static, self._pins
+        if N <= 1 or T == 0:
+            chosen = Plan("direct", "direct", "batch of one" if N == 1 else "empty")
+        elif static:
+            chosen = static_plan(gates, N, T, H)
+        elif len(pins) == 2:
+            chosen = Plan(pins["forward"], pins["backward"], "pinned")
+        else:
+            forward, backward = choose(self._step_times(gates, N, H, dtype), T)
+            chosen = Plan(
+                pins.get("forward", forward),
+                pins.get("backward", backward),
+                "pinned+measured" if pins else "measured",
+            )
+        self._chosen[key] = chosen
+        return chosen
+
+    def _step_times(self, gates, N, H, dtype) -> StepTimes:
+        key = (gates, N, H, np.dtype(dtype).str)
+        with self._lock:  # one thread measures; the others wait for its result
+            times = self._times.get(key)
+            if times is None:
+                times = self._times[key] = measure(gates, N, H, dtype)
+        return times
+
+    def plans(self) -> dict:
+        return dict(self._chosen)
+
+    def forget(self) -> None:
+        self._chosen.clear()
+        self._times.clear()
+
+
+_PLANNER = _Planner(os.environ.get(PLAN_VARIABLE, ""))
+
+
+def plan(gates: int, N: int, T: int, H: int, dtype) -> Plan:
+    """The plan for a layer with ``gates`` gate blocks over ``N`` x ``T`` steps of size ``H``.
+
+    Measured the first time (gates, N, H, dtype) is seen, unless pinned.
+    """
+    return _PLANNER.plan(gates, N, T, H, dtype)
+
+
+def pin(text: str) -> None:
+    """Pin routes as ``FASTRNN_PLAN`` does (``"auto"`` unpins); forgets the plans made."""
+    _PLANNER.pin(text)
+
+
+def plans() -> dict:
+    """Every plan made so far: ``{(gates, N, T, H, dtype): Plan}``."""
+    return _PLANNER.plans()
+
+
+def forget() -> None:
+    """Drop every plan and measurement (the next layer call plans afresh)."""
+    _PLANNER.forget()

@@ -1,0 +1,181 @@
+"""The planner: the orientation of the per-step products, measured on the machine that runs.
+
+That every route gives the reference's numbers is checked in ``test_layers.py``
+(``test_every_route_matches_reference``); here: the choice itself, its cost model, pinning,
+caching and thread safety.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _planner
+from fastrnn._planner import StepTimes
+
+
+@pytest.fixture
+def planner():
+    """A fresh planner state for the test, the environment's pins restored after it."""
+    _planner.forget()
+    _planner.pin("auto")
+    yield _planner
+    _planner.pin(os.environ.get(_planner.PLAN_VARIABLE, ""))
+    _planner.forget()
+
+
+def _times(forward, backward, copy):
+    return StepTimes(
+        dict(zip(_planner.FORWARD_ROUTES, forward, strict=True)),
+        dict(zip(_planner.BACKWARD_ROUTES, backward, strict=True)),
+        copy,
+    )
+
+
+def test_choice_weighs_t_products_against_one_copy():
+    # transposed saves 1 per step in both directions; the copy costs 10
+    times = _times((5.0, 4.0), (5.0, 6.0, 4.0), copy=10.0)
+    assert _planner.choose(times, T=5) == ("direct", "direct")  # 5 saved < 10 for the copy
+    assert _planner.choose(times, T=11) == ("transposed", "transposed")  # 11 saved > 10
+    scratch_wins = _times((5.0, 4.0), (5.0, 3.0, 2.9), copy=10.0)
+    assert _planner.choose(scratch_wins, T=20)[1] == "scratch"  # 2 more than the copy costs
+    assert _planner.choose(scratch_wins, T=200)[1] == "transposed"
+
+
+def test_measured_plan_is_valid_and_measured_once(planner, monkeypatch):
+    calls = []
+    original = planner.measure
+
+    def counting(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(planner, "measure", counting)
+    first = planner.plan(4, 6, 9, 7, np.float32)
+    assert first.source == "measured"
+    assert first.forward in planner.FORWARD_ROUTES
+    assert first.backward in planner.BACKWARD_ROUTES
+    assert planner.plan(4, 6, 9, 7, np.float32) is first
+    planner.plan(4, 6, 30, 7, np.float32)  # another T: the same measurement, weighed again
+    assert calls == [(4, 6, 7, np.float32)]
+    planner.plan(4, 6, 9, 7, np.float64)  # another dtype: measured
+    assert len(calls) == 2
+    assert set(planner.plans()) == {
+        (4, 6, 9, 7, "<f4"),
+        (4, 6, 30, 7, "<f4"),
+        (4, 6, 9, 7, "<f8"),
+    }
+
+
+def test_measurement_times_every_candidate(planner):
+    times = planner.measure(3, 5, 8, np.float64)
+    assert set(times.forward) == set(planner.FORWARD_ROUTES)
+    assert set(times.backward) == set(planner.BACKWARD_ROUTES)
+    for value in [*times.forward.values(), *times.backward.values(), times.copy]:
+        assert 0 < value < 0.1
+
+
+def test_batch_of_one_and_empty_need_no_measurement(planner, monkeypatch):
+    monkeypatch.setattr(planner, "measure", lambda *a: pytest.fail("measured"))
+    one = planner.plan(4, 1, 50, 650, np.float32)
+    assert (one.forward, one.backward, one.source) == ("direct", "direct", "batch of one")
+    assert planner.plan(4, 0, 5, 8, np.float32).source == "empty"
+    assert planner.plan(4, 5, 0, 8, np.float32).source == "empty"
+
+
+def test_pins(planner, monkeypatch):
+    monkeypatch.setattr(planner, "measure", lambda *a: pytest.fail("measured"))
+    planner.pin("forward=transposed,backward=scratch")
+    chosen = planner.plan(4, 20, 35, 16, np.float32)
+    assert (chosen.forward, chosen.backward, chosen.source) == ("transposed", "scratch", "pinned")
+    planner.pin(" STATIC ")
+    static = planner.plan(4, 20, 35, 650, np.float32)
+    assert static == planner.static_plan(4, 20, 35, 650)
+    assert (static.forward, static.backward) == ("transposed", "scratch")
+    assert planner.static_plan(4, 10, 35, 100).backward == "transposed"
+    assert planner.static_plan(1, 128, 7, 128) == planner.Plan("direct", "direct", "static")
+
+
+def test_one_pinned_direction_measures_the_other(planner):
+    planner.pin("backward=direct")
+    chosen = planner.plan(1, 4, 6, 5, np.float64)
+    assert chosen.backward == "direct" and chosen.source == "pinned+measured"
+    assert chosen.forward in planner.FORWARD_ROUTES
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["fastest", "forward=sideways", "backward=transposed,left=direct", "forward:direct"],
+)
+def test_bad_pins_are_refused_naming_the_variable(planner, text):
+    with pytest.raises(ValueError, match="FASTRNN_PLAN") as info:
+        planner.pin(text)
+    assert repr(text.strip().lower()) in str(info.value)
+
+
+def test_bad_environment_value_fails_at_import():
+    proc = subprocess.run(
+        [sys.executable, "-c", "import fastrnn"],
+        env=dict(os.environ, FASTRNN_PLAN="forward=upside-down"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert "FASTRNN_PLAN must be" in proc.stderr
+
+
+def test_environment_pin_reaches_the_layers():
+    code = (
+        "import numpy as np, fastrnn\n"
+        "from fastrnn import _planner\n"
+        "layer = fastrnn.TimeGRU(*[np.ones(s) * 0.1 for s in ((3, 12), (4, 12), (12,))])\n"
+        "layer.forward(np.ones((5, 9, 3)))\n"
+        "print(_planner.plans()[(3, 5, 9, 4, '<f8')].describe())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, FASTRNN_PLAN="forward=transposed,backward=scratch"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "fwd transposed, bwd scratch (pinned)"
+
+
+def test_threads_meeting_a_new_shape_share_one_measurement(planner, monkeypatch):
+    calls = []
+    original = planner.measure
+
+    def counting(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(planner, "measure", counting)
+    barrier = threading.Barrier(4)
+    found = []
+
+    def worker():
+        barrier.wait()
+        found.append(planner.plan(4, 9, 12, 10, np.float32))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(set(found)) == 1
+
+
+def test_layers_record_their_plan(planner, rng):
+    layer = fastrnn.TimeLSTM(*[0.1 * rng.standard_normal(s) for s in ((3, 8), (2, 8), (8,))])
+    layer.forward(rng.standard_normal((4, 6, 3)))
+    assert (4, 4, 6, 2, "<f8") in planner.plans()
