@@ -1,0 +1,553 @@
+"""Drop-in replacements for the book's other time layers: ``TimeEmbedding``, ``TimeAffine``,
+``TimeSoftmaxWithLoss``, ``TimeSigmoidWithLoss`` and ``TimeDropout``.
+
+Each class has the book's constructor, attributes, ``params``/``grads`` lists and methods,
+and gives the same numbers as :mod:`fastrnn.reference`; the work runs in the compiled
+kernels of :mod:`fastrnn._kernels_sequence`.
+
+What the classes guarantee, as the recurrent layers of :mod:`fastrnn.layers` do:
+
+* ``params`` holds the caller's arrays, never copies: an optimizer may update them in place
+  between calls, and weight tying (``TimeAffine(embed_W.T, b)``) keeps working, including
+  the book's ``remove_duplicate``, which compares parameters by identity and transpose.
+* ``grads`` are allocated once, with the parameters' shapes and memory layouts
+  (``np.zeros_like``), and written in place.
+* ``forward`` and ``backward`` return fresh arrays; inputs (any strided view) are never
+  modified.
+* Every argument is checked before any kernel runs; a call that raised changed nothing, and
+  the layer stays usable.
+
+Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``M`` output size of the affine
+map, ``V`` vocabulary size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels_sequence as kernels
+from ._validation import (
+    check_affine_params,
+    check_binary_labels,
+    check_dropout_ratio,
+    check_embedding_params,
+    check_float_array,
+    check_gradient,
+    check_grads,
+    check_ids,
+    check_ignore_label,
+    check_scalar,
+    check_sequence,
+    check_shape,
+    require_array,
+    require_float,
+    require_integer,
+    require_real,
+)
+from .layers import _kernel_ready, _Workspace
+
+__all__ = [
+    "TimeEmbedding",
+    "TimeAffine",
+    "TimeSoftmaxWithLoss",
+    "TimeSigmoidWithLoss",
+    "TimeDropout",
+]
+
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+_INT64 = np.dtype(np.int64)
+_LAST_OUTPUT = "the last forward's output"
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    """What layers without parameters compute in: float32 or float64 as given, float32 for
+    anything else (float16, integers, bool), as :mod:`fastrnn.reference` does."""
+    return dtype if dtype == _FLOAT32 or dtype == _FLOAT64 else _FLOAT32
+
+
+def _writable_target(grad: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether a kernel may write a gradient straight into ``grad``."""
+    flags = grad.flags
+    return grad.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable
+
+
+def _copy_ids(ws: _Workspace, ids: np.ndarray) -> np.ndarray:
+    """Checked ids as the kernels' int64, in the layer's own buffer: the caller may change
+    their array before ``backward``, whose kernel must only see ids that were checked."""
+    copy = ws.take("ids", ids.shape, _INT64)
+    np.copyto(copy, ids, casting="unsafe")  # uint64 included: the ids are known to fit
+    return copy
+
+
+def _before_forward(layer) -> ValueError:
+    return ValueError(f"{type(layer).__name__}.backward() called before forward()")
+
+
+# --------------------------------------------------------------------------------------
+# TimeEmbedding
+# --------------------------------------------------------------------------------------
+
+
+class TimeEmbedding:
+    """Embedding lookups at every step: ``out[n, t] = W[xs[n, t]]``.
+
+    Parameters
+    ----------
+    W : (V, D) array
+        float32 or float64, one row per word id. Kept by reference in ``params``.
+
+    Attributes
+    ----------
+    params : [W]
+    grads : [dW]
+        ``dW`` (V, D), written in place by ``backward``.
+    W : (V, D) array
+        ``params[0]`` (the same array; assigning one assigns the other).
+    """
+
+    def __init__(self, W):
+        check_embedding_params([W])
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+        self._ws = _Workspace()
+        self._saved = None  # (ids, W) of the last forward
+
+    @property
+    def W(self):
+        return self.params[0]
+
+    @W.setter
+    def W(self, value):
+        self.params[0] = value
+
+    def forward(self, xs):
+        """Look up the rows of ``W``.
+
+        Parameters
+        ----------
+        xs : (N, T) array
+            Word ids of any integer dtype and any strides, each in ``[0, V)``.
+
+        Returns
+        -------
+        out : (N, T, D) array
+            A fresh array in ``W``'s dtype.
+        """
+        W = check_embedding_params(self.params)
+        require_array("xs", xs)
+        require_integer("xs", xs)
+        if xs.ndim != 2:
+            raise ValueError(f"xs must have shape (N, T), got {xs.shape}")
+        V, D = W.shape
+        check_ids("xs", xs, V)
+        N, T = xs.shape
+        ids = _copy_ids(self._ws, xs)
+        out = np.empty((N, T, D), dtype=W.dtype)
+        kernels.embedding_forward(out, ids, _kernel_ready(W, W.dtype, self._ws, "W"))
+        self._saved = (ids, W)
+        return out
+
+    def backward(self, dout):
+        """Write the gradient of ``W`` into ``grads[0]``: ``dout`` summed per id.
+
+        Parameters
+        ----------
+        dout : (N, T, D) array
+            Gradient of the last forward's output; any real float dtype and strides.
+
+        Returns
+        -------
+        None
+        """
+        if self._saved is None:
+            raise _before_forward(self)
+        ids, W = self._saved
+        check_grads(self.grads, [W])
+        check_gradient("dout", dout, (*ids.shape, W.shape[1]), _LAST_OUTPUT)
+        dtype = W.dtype
+        dout = _kernel_ready(dout, dtype, self._ws, "dout")
+        grad = self.grads[0]
+        target = grad if _writable_target(grad, dtype) else self._ws.take("dW", W.shape, dtype)
+        kernels.embedding_backward(target, dout, ids)
+        if target is not grad:
+            grad[...] = target
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# TimeAffine
+# --------------------------------------------------------------------------------------
+
+
+class TimeAffine:
+    """``x @ W + b`` at every step, as one product over the ``N * T`` rows.
+
+    Parameters
+    ----------
+    W : (D, M) array
+        float32 or float64. Kept as given, views included: with weight tying the book passes
+        ``embed_W.T``, which is used without a copy.
+    b : (M,) array
+        Of ``W``'s dtype.
+
+    Attributes
+    ----------
+    params : [W, b]
+    grads : [dW, db]
+        ``np.zeros_like`` of the parameters (so ``dW`` has ``W``'s memory layout), written
+        in place by ``backward``.
+    x : (N, T, D) array or None
+        The last forward's input, as the book keeps it (converted to ``W``'s dtype and made
+        contiguous when it was not already).
+
+    Notes
+    -----
+    ``backward`` uses the parameter arrays of its own forward pass, as the recurrent layers
+    do (the same arrays, so in-place updates in between are seen; an array put into
+    ``params`` in between is used from the next ``forward`` on).
+    """
+
+    def __init__(self, W, b):
+        check_affine_params([W, b])
+        self.params = [W, b]
+        self.grads = [np.zeros_like(W), np.zeros_like(b)]
+        self.x = None
+        self._ws = _Workspace()
+        self._saved = None  # what the last forward left for backward
+
+    def _kernel_weight(self, W):
+        """``(W, False)``, or ``(W.T, True)`` when ``W`` is a transposed view (weight
+        tying): a C-contiguous array the kernels read, and whether it is the transpose."""
+        if _writable_target(W, W.dtype):
+            return W, False
+        if _writable_target(W.T, W.dtype):
+            return W.T, True
+        return _kernel_ready(W, W.dtype, self._ws, "W"), False
+
+    def forward(self, x):
+        """Apply the affine map to every step.
+
+        Parameters
+        ----------
+        x : (N, T, D) array
+            Any real float dtype and strides; computed in ``W``'s dtype.
+
+        Returns
+        -------
+        out : (N, T, M) array
+            A fresh array in ``W``'s dtype.
+        """
+        W, b = check_affine_params(self.params)
+        D, M = W.shape
+        N, T = check_sequence("x", x, D, "D")
+        dtype = W.dtype
+        x = _kernel_ready(x, dtype, self._ws, "x")
+        weight, transposed = self._kernel_weight(W)
+        rows = x.reshape(N * T, D)  # the layer's own view: the kernels trust its shape
+        out = np.empty((N, T, M), dtype=dtype)
+        kernels.affine_forward(
+            out.reshape(N * T, M), rows, weight, _kernel_ready(b, dtype, self._ws, "b"), transposed
+        )
+        self.x = x
+        self._saved = (rows, W, b, weight, transposed, N, T)
+        return out
+
+    def backward(self, dout):
+        """Backpropagate through the last forward.
+
+        Parameters
+        ----------
+        dout : (N, T, M) array
+            Gradient of the last forward's output; any real float dtype and strides.
+
+        Returns
+        -------
+        dx : (N, T, D) array
+            A fresh array. ``grads`` receive ``dW = x.T @ dout`` and ``db = dout.sum``.
+        """
+        if self._saved is None:
+            raise _before_forward(self)
+        rows, W, b, weight, transposed, N, T = self._saved
+        D, M = W.shape
+        check_grads(self.grads, [W, b])
+        check_gradient("dout", dout, (N, T, M), _LAST_OUTPUT)
+        dtype = W.dtype
+        dout = _kernel_ready(dout, dtype, self._ws, "dout").reshape(N * T, M)
+        dW, db = self.grads
+        # dW goes straight into grads[0], or into its transpose when that is the
+        # C-contiguous one (weight tying); only a caller-replaced grad needs scratch.
+        dW_scratch = None
+        if _writable_target(dW, dtype):
+            dW_target, dW_transposed = dW, False
+        elif _writable_target(dW.T, dtype):
+            dW_target, dW_transposed = dW.T, True
+        else:
+            dW_target = dW_scratch = self._ws.take("dW", W.shape, dtype)
+            dW_transposed = False
+        db_target = db if _writable_target(db, dtype) else self._ws.take("db", (M,), dtype)
+        dx = np.empty((N, T, D), dtype=dtype)
+        kernels.affine_backward(
+            dx.reshape(N * T, D),
+            dW_target,
+            db_target,
+            dout,
+            rows,
+            weight,
+            transposed,
+            dW_transposed,
+        )
+        if dW_scratch is not None:
+            dW[...] = dW_scratch
+        if db_target is not db:
+            db[...] = db_target
+        return dx
+
+
+# --------------------------------------------------------------------------------------
+# TimeSoftmaxWithLoss
+# --------------------------------------------------------------------------------------
+
+
+class TimeSoftmaxWithLoss:
+    """Softmax cross-entropy at every step, averaged over the positions not ignored.
+
+    ``loss = mean(logsumexp(xs[n, t]) - xs[n, t, ts[n, t]])`` over the positions where
+    ``ts != ignore_label``; ignored positions contribute neither loss nor gradient. When
+    every position is ignored the loss is ``nan`` and the gradient zeros, without a warning.
+
+    Notes
+    -----
+    ``forward`` keeps only the log-sum-exp of each row and a reference to ``xs`` (a copy
+    when it had to be converted or made contiguous); ``backward`` recomputes the softmax
+    from them. So ``xs`` must not be changed in place between the two calls (the book's
+    models never do). Ignored positions get a gradient of exactly 0 even when their scores
+    hold NaN or inf (the reference multiplies a NaN softmax by the mask's 0 and keeps NaN).
+
+    Attributes
+    ----------
+    params, grads : []
+    ignore_label : int
+        Target id that marks a position to ignore (default -1); read at every ``forward``.
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.ignore_label = -1
+        self._ws = _Workspace()
+        self._saved = None  # what the last forward left for backward
+
+    def _target_ids(self, ts, shape, ignore_label):
+        """Check ``ts`` against scores of ``shape`` (N, T, V); return (N*T,) int64 ids."""
+        N, T, V = shape
+        require_array("ts", ts)
+        if ts.ndim == 3:  # one-hot targets: the id is where the 1 is, as in the book
+            require_real("ts", ts)
+            check_shape("ts", ts, shape, f"(N, T) or one-hot {shape}")
+            return ts.argmax(axis=2).reshape(N * T)  # fresh, the layer's own
+        require_integer("ts", ts)
+        check_shape("ts", ts, (N, T), f"(N, T) = {(N, T)} or one-hot {shape}")
+        check_ids("ts", ts, V, ignore_label)
+        return _copy_ids(self._ws, ts).reshape(N * T)
+
+    def forward(self, xs, ts):
+        """The mean cross-entropy of the scores against the targets.
+
+        Parameters
+        ----------
+        xs : (N, T, V) array
+            Scores, ``V >= 1``, any real float dtype and strides; computed in float32 or
+            float64 as given (float32 for other float dtypes).
+        ts : (N, T) or (N, T, V) array
+            Target ids of any integer dtype, each in ``[0, V)`` or ``ignore_label``; or
+            one-hot targets (argmax'ed), of any real dtype.
+
+        Returns
+        -------
+        float
+        """
+        N, T, V = check_float_array("xs", xs, ("N", "T", "V"))
+        if V == 0:
+            raise ValueError(f"xs must have shape (N, T, V) with V >= 1, got {xs.shape}")
+        ignore_label = check_ignore_label(self.ignore_label)
+        ids = self._target_ids(ts, (N, T, V), ignore_label)
+        dtype = _compute_dtype(xs.dtype)
+        scores = _kernel_ready(xs, dtype, self._ws, "xs").reshape(N * T, V)
+        lse = self._ws.take("lse", (N * T,), dtype)
+        total, count = kernels.softmax_cross_entropy_forward(lse, scores, ids, ignore_label)
+        self._saved = (scores, lse, ids, ignore_label, count, (N, T, V))
+        return total / count if count else float("nan")
+
+    def backward(self, dout=1):
+        """The gradient of ``dout * loss``.
+
+        Parameters
+        ----------
+        dout : float
+            A real number (Python or NumPy scalar).
+
+        Returns
+        -------
+        dxs : (N, T, V) array
+            ``(softmax(xs) - onehot(ts)) * dout / count`` at the ``count`` positions not
+            ignored, 0 at the others; a fresh array in the dtype of the computation.
+        """
+        if self._saved is None:
+            raise _before_forward(self)
+        dout = check_scalar("dout", dout)
+        scores, lse, ids, ignore_label, count, shape = self._saved
+        scale = scores.dtype.type(dout / count if count else 0.0)
+        dxs = np.empty(shape, dtype=scores.dtype)
+        kernels.softmax_cross_entropy_backward(
+            dxs.reshape(scores.shape), scores, lse, ids, ignore_label, scale
+        )
+        return dxs
+
+
+# --------------------------------------------------------------------------------------
+# TimeSigmoidWithLoss
+# --------------------------------------------------------------------------------------
+
+
+class TimeSigmoidWithLoss:
+    """Sigmoid and binary cross-entropy at every step, averaged over all ``N * T`` entries.
+
+    The book's numbers: ``loss = -mean(log(p + 1e-7))`` with ``p = sigmoid(x)`` where the
+    label is 1 and ``1 - sigmoid(x)`` where it is 0, and ``dxs = (sigmoid(xs) - ts) * dout
+    / (N * T)``, which ignores the ``1e-7``. For an empty batch or sequence the loss is
+    ``nan`` (the book divides by zero).
+
+    Attributes
+    ----------
+    params, grads : []
+    """
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self._ws = _Workspace()
+        self._saved = None  # (sigmoid(xs) - ts, N * T) of the last forward
+
+    def forward(self, xs, ts):
+        """The mean binary cross-entropy of the scores against the labels.
+
+        Parameters
+        ----------
+        xs : (N, T) array
+            Scores, any real float dtype and strides.
+        ts : (N, T) array
+            Labels 0 or 1: bool, integers, or floats holding exactly 0 or 1.
+
+        Returns
+        -------
+        float
+        """
+        N, T = check_float_array("xs", xs, ("N", "T"))
+        check_binary_labels("ts", ts)
+        check_shape("ts", ts, (N, T), f"{(N, T)} like xs")
+        dtype = _compute_dtype(xs.dtype)
+        scores = _kernel_ready(xs, dtype, self._ws, "xs")
+        labels = _kernel_ready(ts, dtype, self._ws, "ts")
+        diff = self._ws.take("diff", (N, T), dtype)
+        total = kernels.sigmoid_cross_entropy_forward(diff, scores, labels)
+        self._saved = (diff, N * T)
+        return total / (N * T) if N * T else float("nan")
+
+    def backward(self, dout=1):
+        """The gradient of ``dout * loss``: ``dxs`` (N, T), a fresh array."""
+        if self._saved is None:
+            raise _before_forward(self)
+        dout = check_scalar("dout", dout)
+        diff, count = self._saved
+        dxs = np.empty(diff.shape, dtype=diff.dtype)
+        kernels.sigmoid_cross_entropy_backward(
+            dxs, diff, diff.dtype.type(dout / count if count else 0.0)
+        )
+        return dxs
+
+
+# --------------------------------------------------------------------------------------
+# TimeDropout
+# --------------------------------------------------------------------------------------
+
+
+class TimeDropout:
+    """Inverted dropout over a whole sequence, active while ``train_flg`` is True.
+
+    The mask is drawn from NumPy's global random state with ``np.random.rand`` exactly as
+    the book does, so a run seeded with ``np.random.seed`` gets the book's masks (and leaves
+    the random state where the book leaves it).
+
+    Parameters
+    ----------
+    dropout_ratio : float
+        Probability that an element is dropped, in [0, 1). Kept elements are scaled by
+        ``1 / (1 - dropout_ratio)``.
+
+    Attributes
+    ----------
+    params, grads : []
+    dropout_ratio : float
+    mask : array or None
+        The last training forward's mask, ``xs``'s shape, in the dtype of the computation:
+        float32 or float64 as the input is, float32 for other inputs.
+    train_flg : bool
+        When False, ``forward`` returns ``xs`` itself (nothing is checked or drawn).
+    """
+
+    def __init__(self, dropout_ratio=0.5):
+        check_dropout_ratio(dropout_ratio)
+        self.params, self.grads = [], []
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+        self.train_flg = True
+        self._ws = _Workspace()
+
+    def forward(self, xs):
+        """``xs * mask`` with a new mask (a fresh array); ``xs`` itself when not training.
+
+        Parameters
+        ----------
+        xs : array of any shape
+            Real numbers (bool, integer or float), any strides.
+        """
+        if not self.train_flg:
+            return xs
+        check_dropout_ratio(self.dropout_ratio)  # may have been changed since __init__
+        require_array("xs", xs)
+        require_real("xs", xs)
+        dtype = _compute_dtype(xs.dtype)
+        ratio = self.dropout_ratio
+        # Computed from the attribute as the book does, so that a NumPy float32 ratio gives
+        # the book's (float32) scale.
+        scale = dtype.type(1 / (1 - ratio))
+        source = _kernel_ready(xs, dtype, self._ws, "xs")
+        draws = np.asarray(np.random.rand(*xs.shape))  # a float, not an array, for 0-d xs
+        mask = np.empty(xs.shape, dtype=dtype)
+        out = np.empty(xs.shape, dtype=dtype)
+        kernels.dropout_forward(
+            out.reshape(-1), mask.reshape(-1), source.reshape(-1), draws.reshape(-1),
+            float(ratio), scale,
+        )  # fmt: skip
+        self.mask = mask
+        return out
+
+    def backward(self, dout):
+        """``dout * mask`` with the mask of the last training forward (a fresh array).
+
+        Parameters
+        ----------
+        dout : array
+            The shape of that forward's output; any real float dtype and strides.
+        """
+        mask = self.mask
+        if mask is None:
+            raise ValueError("TimeDropout.backward() called before a training forward()")
+        require_array("mask", mask)  # the book's attribute, which a caller may set
+        require_float("mask", mask)
+        check_gradient("dout", dout, mask.shape, _LAST_OUTPUT)
+        dtype = _compute_dtype(mask.dtype)
+        mask = _kernel_ready(mask, dtype, self._ws, "mask")
+        dout = _kernel_ready(dout, dtype, self._ws, "dout")
+        dxs = np.empty(mask.shape, dtype=dtype)
+        kernels.dropout_backward(dxs.reshape(-1), dout.reshape(-1), mask.reshape(-1))
+        return dxs
