@@ -625,6 +625,7 @@ class CaseResult:
     fastrnn: list[float]
     torch: dict[int, list[float]]  # threads -> round times
     foreign_load: float | None = None  # cores used by other processes meanwhile
+    plan: str = ""  # the planner's routes for the per-step products
 
     @property
     def reference_median(self) -> float:
@@ -668,7 +669,10 @@ def run_case(
         for threads in torch_thread_counts:
             with torch_threads(threads):
                 torch_times[threads] = measure(run_torch, max_rounds, budget)
-    return CaseResult(layer, shape, check, ref_times, fast_times, torch_times, load.cores())
+    recurrence = getattr(fast_layer, "forward_lstm", fast_layer)._engine
+    routes = recurrence.saved["routes"]
+    plan = f"{routes.forward}/{routes.backward}"
+    return CaseResult(layer, shape, check, ref_times, fast_times, torch_times, load.cores(), plan)
 
 
 def measure_blas_peak(dtype, rounds: int = 5) -> float:
@@ -720,7 +724,7 @@ def _run(args, bench: bool) -> int:
     headers = ["layer", "shape NxTxDxH", "max abs err", "err/tol", "check"]
     headers += ["reference ms", "fastrnn ms", "speedup"]
     if bench:
-        headers += ["GFLOP/s", "% peak"]
+        headers += ["GFLOP/s", "% peak", "plan fwd/bwd"]
         headers += [f"torch {t}t ms" for t in torch_thread_counts]
         if torch_thread_counts:
             headers += ["vs torch"]
@@ -738,7 +742,7 @@ def _run(args, bench: bool) -> int:
             row += [_speedup(result.reference_median, fast)]
             if bench:
                 gflops = gemm_flop(layer, shape) / fast / 1e9
-                row += [f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%"]
+                row += [f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%", result.plan]
                 row += [format_ms(statistics.median(t)) for t in result.torch.values()]
                 if torch_thread_counts:
                     row += [_speedup(result.best_torch_median, fast)]
@@ -756,6 +760,12 @@ def _run(args, bench: bool) -> int:
     print()
     print(
         "speedup = reference median / fastrnn median; rounds = reference/fastrnn rounds timed"
+        + (
+            "; plan = the planner's routes for the per-step products (fastrnn._planner, "
+            "FASTRNN_PLAN pins them)"
+            if bench
+            else ""
+        )
         + ("; vs torch = best torch thread setting / fastrnn" if torch_thread_counts else "")
         + "; other load = cores kept busy by other processes meanwhile"
     )
