@@ -1,13 +1,35 @@
-"""fastrnn: Numba-compiled, drop-in recurrent layers for *Deep Learning from Scratch 2*.
+"""fastrnn: Numba-compiled, drop-in time layers for *Deep Learning from Scratch 2*.
 
-Swap ``from common.time_layers import TimeRNN`` for ``from fastrnn import TimeRNN``: the same
-constructor, ``params``/``grads``, ``forward``/``backward`` and stateful API, the same numbers,
-with the time loops of the forward pass and of BPTT fused into compiled kernels.
+Swap the book's layers with one line after its own imports::
+
+    from common.time_layers import *
+    from fastrnn.time_layers import *
+
+or import single classes (``from fastrnn import TimeLSTM``): the same constructors,
+``params``/``grads``, ``forward``/``backward`` and stateful API, the same numbers, with the
+time loops fused into compiled kernels.
 
 The plain-NumPy layers that define "the same numbers" are in :mod:`fastrnn.reference`.
 """
 
-from .layers import GRU, LSTM, RNN, TimeBiLSTM, TimeGRU, TimeLSTM, TimeRNN
+from .time_layers import (
+    GRU,
+    LSTM,
+    RNN,
+    Attention,
+    AttentionWeight,
+    TimeAffine,
+    TimeAttention,
+    TimeBiLSTM,
+    TimeDropout,
+    TimeEmbedding,
+    TimeGRU,
+    TimeLSTM,
+    TimeRNN,
+    TimeSigmoidWithLoss,
+    TimeSoftmaxWithLoss,
+    WeightSum,
+)
 
 __version__ = "0.1.0"
 
@@ -19,5 +41,14 @@ __all__ = [
     "TimeLSTM",
     "TimeGRU",
     "TimeBiLSTM",
+    "TimeEmbedding",
+    "TimeAffine",
+    "TimeSoftmaxWithLoss",
+    "TimeSigmoidWithLoss",
+    "TimeDropout",
+    "WeightSum",
+    "AttentionWeight",
+    "Attention",
+    "TimeAttention",
     "__version__",
 ]
