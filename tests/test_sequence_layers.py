@@ -1632,3 +1632,37 @@ def test_misuse(name, kind, dtype, kernel_spy, global_seed):
     pair = Pair(kind, dtype, kernel_spy, seed=4321)
     CASES[name].run(pair)
     pair.recover()
+
+
+def test_separate_layers_in_threads_give_the_serial_results():
+    """Kernels release the GIL; separate layers in threads give bit-for-bit the serial
+    results. (TimeDropout is left out: it draws from NumPy's global random state, which
+    threads share, as the book's layer does.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    N, T, D, V = 6, 9, 16, 50
+
+    def job(seed):
+        rng = np.random.default_rng(seed)
+        E = randn(rng, (V, D), np.float32)
+        b = randn(rng, V, np.float32)
+        embed, affine = seq.TimeEmbedding(E), seq.TimeAffine(E.T, b)  # tied, as in the book
+        loss, sigmoid = seq.TimeSoftmaxWithLoss(), seq.TimeSigmoidWithLoss()
+        results = []
+        for _ in range(5):
+            ids = rng.integers(0, V, size=(N, T))
+            scores = affine.forward(embed.forward(ids))
+            results += [scores.copy(), np.float64(loss.forward(scores, ids))]
+            dx = affine.backward(loss.backward())
+            embed.backward(dx)
+            results += [dx.copy(), *(g.copy() for g in affine.grads + embed.grads)]
+            labels = rng.integers(0, 2, size=(N, T))
+            results += [np.float64(sigmoid.forward(scores[..., 0], labels)), sigmoid.backward()]
+        return results
+
+    serial = [job(seed) for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(job, range(4)))
+    for expected, got in zip(serial, threaded, strict=True):
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(g, e)
