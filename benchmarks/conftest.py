@@ -1,9 +1,19 @@
 """Shared fixtures and helpers of the benchmark suite.
 
-Every benchmark records what the report needs in ``benchmark.extra_info``: ``kind``
-(``"layer"``, ``"decode"`` or ``"peak"``), ``impl``, ``layer``, ``shape`` ``[N, T, D, H]``,
-``flop`` (matrix-product flop per call), ``blas_threads`` and, after a real run, ``gflops``
-(from the median) and ``foreign_load``: the cores other processes kept busy meanwhile.
+Every benchmark records what the report needs in ``benchmark.extra_info``: ``kind``,
+``impl``, ``layer``, ``shape``, ``flop`` (matrix-product flop per call), ``blas_threads`` and,
+after a real run, ``gflops`` (from the median, when ``flop`` is known) and ``foreign_load``:
+the cores other processes kept busy meanwhile. The kinds:
+
+* ``"layer"``: a recurrent layer's forward+backward (``bench_layers.py``), ``shape``
+  ``[N, T, D, H]``;
+* ``"time-layer"``: another time layer's forward+backward (``bench_time_layers.py``),
+  ``shape`` the case's label such as ``"N=20 T=35 D=650 V=10000"``, no ``flop``;
+* ``"decode"``: one decoding step (``bench_decode.py``);
+* ``"peak"``: the 2048^3 sgemm the shares of peak refer to (``bench_blas.py``);
+* ``"model"``: a training step or a generation of one of the book's models
+  (``bench_models.py``), which adds ``model``, ``phase``, ``sizes`` and, for generation,
+  ``tokens`` and ``per_token``.
 The machine description of :func:`fastrnn._cli.machine_info` (CPU, cores, package versions,
 BLAS libraries and threads) is stored in the JSON's ``machine_info["fastrnn"]``.
 """
@@ -19,6 +29,7 @@ import fastrnn
 from fastrnn import _cli
 from fastrnn._cli import (
     LAYERS,
+    TIME_LAYER_CASES,
     ForeignLoad,
     Shape,
     blas_threads,
@@ -26,6 +37,7 @@ from fastrnn._cli import (
     make_data,
     make_params,
     seed_for,
+    seeded_global_random,
     settle,
     torch_threads,
 )
@@ -40,8 +52,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def compiled_kernels() -> None:
     """Compile (or load from Numba's cache) every float32 kernel once per session.
 
-    Runs one forward+backward pass of each layer on a tiny shape, so that no timed call
-    and no smoke run of a benchmark pays for compilation.
+    Runs one forward+backward pass of each layer (the recurrent ones and every case of
+    :data:`fastrnn._cli.TIME_LAYER_CASES`) on a tiny shape, so that no timed call and no
+    smoke run of a benchmark pays for compilation.
     """
     shape = Shape(2, 3, 4, 5)
     for layer in LAYERS:
@@ -49,6 +62,9 @@ def compiled_kernels() -> None:
         params = make_params(layer, shape, np.float32, rng)
         xs, dhs = make_data(layer, shape, np.float32, rng)
         forward_backward(getattr(fastrnn, layer)(*params), xs, dhs)()
+    with seeded_global_random(seed_for("warm-up")):  # TimeDropout draws from np.random
+        for case in TIME_LAYER_CASES:
+            case.tiny_pass(fastrnn, np.float32)()
 
 
 def torch_thread_count(impl: str) -> int:
@@ -76,7 +92,7 @@ def run_benchmark(
     kind: str,
     impl: str,
     layer: str | None = None,
-    shape: Shape | None = None,
+    shape: Shape | str | None = None,
     flop: int | None = None,
 ) -> None:
     """Benchmark ``fn`` and record what the report needs in ``benchmark.extra_info``.
@@ -85,13 +101,14 @@ def run_benchmark(
     second, which also lets the worker threads of another library's pool (PyTorch's, or
     OpenBLAS's after PyTorch ran) stop spinning; in smoke mode it runs once.
     PyTorch implementations (``impl`` ``"torch-<n>t"``) run with ``n`` threads, restored
-    afterwards.
+    afterwards. ``shape`` is recorded as ``[N, T, D, H]`` for a :class:`Shape`, as given for
+    a label.
     """
     benchmark.extra_info.update(
         kind=kind,
         impl=impl,
         layer=layer,
-        shape=None if shape is None else list(shape),
+        shape=list(shape) if isinstance(shape, Shape) else shape,
         flop=flop,
         blas_threads=blas_threads(),
     )

@@ -16,8 +16,12 @@ Prints, in markdown:
   reference and over PyTorch (its best thread setting), and fastrnn's GFLOP/s and share
   of the sgemm peak;
 * the compute efficiency of every implementation at 20x35x650x650, the book's largest;
+* per other time layer and shape (``bench_time_layers.py``): the reference's and fastrnn's
+  medians and fastrnn's speedup;
 * the decoding step (N=1, T=1): each implementation's median and its ratio to the two
-  matrix-vector products the step needs, i.e. the decode overhead.
+  matrix-vector products the step needs, i.e. the decode overhead;
+* the book's models (``bench_models.py``): per model, a training step's and a generation's
+  median for every layer set, and each one's speedup over the all-reference set.
 
 Only ratios between implementations measured in the same run mean much on a shared or
 noisy machine; absolute times are shown for reference.
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 
 #: Column order of implementations; unknown ones follow in name order.
 IMPLEMENTATION_ORDER = ["reference", "fastrnn", "torch-1t", "torch-2t"]
+#: The same for the layer sets of the model benchmarks.
+MODEL_IMPLEMENTATION_ORDER = ["reference", "recurrent", "fastrnn", "torch-1t", "torch-2t"]
 DECODE_BASELINE = "two-matvec"
 PEAK_IMPLEMENTATION = "sgemm-numpy"
 BIG_SHAPE = [20, 35, 650, 650]
@@ -56,10 +62,13 @@ class Entry:
     kind: str
     impl: str
     layer: str | None
-    shape: list[int] | None
+    shape: list[int] | str | None  # [N, T, D, H], or a label for kind "time-layer"
     flop: int | None
     median: float  # seconds
     foreign_load: float | None = None  # cores other processes kept busy meanwhile
+    model: str | None = None  # kind "model": the model, its phase and ids per generation
+    phase: str | None = None
+    tokens: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -87,13 +96,16 @@ def load_entries(data: dict) -> list[Entry]:
                 flop=info.get("flop"),
                 median=bench["stats"]["median"],
                 foreign_load=info.get("foreign_load"),
+                model=info.get("model"),
+                phase=info.get("phase"),
+                tokens=info.get("tokens"),
             )
         )
     return entries
 
 
-def _ordered(impls) -> list[str]:
-    known = [i for i in IMPLEMENTATION_ORDER if i in impls]
+def _ordered(impls, order=IMPLEMENTATION_ORDER) -> list[str]:
+    known = [i for i in order if i in impls]
     return known + sorted(set(impls) - set(known))
 
 
@@ -261,6 +273,78 @@ def efficiency_section(entries: list[Entry], peak: float | None) -> list[str]:
     return lines
 
 
+def _groups(entries: list[Entry], kind: str) -> dict[str, dict[str, Entry]]:
+    """Entries of ``kind`` by group, then by implementation, in the order of the JSON."""
+    groups: dict[str, dict[str, Entry]] = defaultdict(dict)
+    for e in entries:
+        if e.kind == kind:
+            groups[e.group][e.impl] = e
+    return groups
+
+
+def _median_cell(e: Entry | None) -> str:
+    if e is None:
+        return "–"
+    return format_time(e.median) + (BUSY_MARK if e.busy else "")
+
+
+def time_layer_section(entries: list[Entry]) -> list[str]:
+    """The other time layers: reference and fastrnn medians and fastrnn's speedup."""
+    groups = _groups(entries, "time-layer")
+    if not groups:
+        return []
+    impls = _ordered({impl for g in groups.values() for impl in g})
+    rows = []
+    for group, by_impl in groups.items():
+        fast, ref = by_impl.get("fastrnn"), by_impl.get("reference")
+        over_ref = ref.median / fast.median if fast and ref else None
+        rows.append([group, *[_median_cell(by_impl.get(i)) for i in impls], format_ratio(over_ref)])
+    lines = ["## Other time layers: forward + backward, median per call", ""]
+    lines.append(markdown_table(["group", *impls, "fastrnn vs reference"], rows))
+    lines += [
+        "",
+        "Speedups are ratios of medians (> 1: fastrnn is faster). tied: TimeAffine's W is "
+        "E.T, a transposed view, as weight tying passes it; p: TimeDropout's ratio.",
+    ]
+    if any(e.busy for g in groups.values() for e in g.values()):
+        lines += ["", BUSY_NOTE]
+    return lines
+
+
+def model_section(entries: list[Entry]) -> list[str]:
+    """The book's models: step and generation medians per layer set, and their speedups."""
+    groups = _groups(entries, "model")
+    if not groups:
+        return []
+    impls = _ordered({impl for g in groups.values() for impl in g}, MODEL_IMPLEMENTATION_ORDER)
+    rows = []
+    for group, by_impl in groups.items():
+        ref = by_impl.get("reference")
+        tokens = next((e.tokens for e in by_impl.values() if e.tokens), None)
+        label = f"{group} ({tokens} ids)" if tokens else group
+        cells = []
+        for impl in impls:
+            e = by_impl.get(impl)
+            cell = _median_cell(e)
+            if e is not None and ref is not None and impl != "reference":
+                cell += f" ({format_ratio(ref.median / e.median)})"
+            cells.append(cell)
+        rows.append([label, *cells])
+    lines = ["## The book's models: median per training step or generation", ""]
+    lines.append(markdown_table(["model", *impls], rows))
+    lines += [
+        "",
+        "In parentheses: speedup over the all-reference layer set (> 1: faster). "
+        "_recurrent_: the reference layers with fastrnn's recurrent ones; _fastrnn_: every "
+        "layer from fastrnn.time_layers. A generation produces the ids in parentheses, one "
+        "N=1, T=1 call per layer and id. `benchmarks/compare_models.py` measures the same "
+        "interleaved, with a per-layer breakdown.",
+    ]
+    if any(e.busy for g in groups.values() for e in g.values()):
+        lines += ["", BUSY_NOTE]
+    return lines
+
+
 def decode_section(entries: list[Entry]) -> list[str]:
     """The decoding step: medians and ratios to the two matrix-vector products."""
     decode = {e.impl: e for e in entries if e.kind == "decode"}
@@ -338,7 +422,9 @@ def render(data: dict) -> tuple[str, list[Speedups]]:
         peak_section(entries),
         layer_lines,
         efficiency_section(entries, peak),
+        time_layer_section(entries),
         decode_section(entries),
+        model_section(entries),
     ]
     if not entries:
         sections.append(["_No fastrnn benchmarks in this file (were they run disabled?)._"])

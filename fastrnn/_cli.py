@@ -6,28 +6,38 @@ Commands
     For every layer (TimeRNN, TimeLSTM, TimeGRU, TimeBiLSTM) on the book's shapes, run one
     forward and backward pass of :mod:`fastrnn` and of :mod:`fastrnn.reference` on the same
     seeded data and compare ``hs``, ``dxs`` and every gradient. Then time forward+backward of
-    both and print the medians and their ratio. The exit status is 1 if any check fails.
-    Big shapes get fewer rounds, so the whole run, kernel compilation included, takes about
-    a minute on two cores.
+    both and print the medians and their ratio. A second table does the same for the other
+    time layers (TimeEmbedding, TimeAffine, TimeSoftmaxWithLoss, TimeSigmoidWithLoss,
+    TimeDropout, TimeAttention) at the shapes the book's models use them with
+    (:data:`TIME_LAYER_CASES`), comparing every output and gradient. The exit status is 1 if
+    any check of either table fails. Big shapes get fewer rounds, and the second table fewer
+    still, so the whole run, kernel compilation included, takes about a minute on two cores.
 ``python -m fastrnn bench [--layers ...] [--shapes ...] [--repeat N] [--torch]``
-    The same comparison, plus the GEMM throughput of fastrnn in GFLOP/s and its share of the
-    ``?gemm`` peak measured at the start of the same run (a 2048^3 product through NumPy's
-    BLAS, the library the kernels call), and with ``--torch`` PyTorch's ``nn.RNN``,
-    ``nn.LSTM`` and ``nn.GRU`` at 1 and 2 threads.
+    The same comparison, plus, for the recurrent layers, the GEMM throughput of fastrnn in
+    GFLOP/s and its share of the ``?gemm`` peak measured at the start of the same run (a
+    2048^3 product through NumPy's BLAS, the library the kernels call), and with ``--torch``
+    PyTorch's ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` at 1 and 2 threads. The time-layer
+    table has the same columns as in ``check``.
 
 Shapes are written ``NxTxDxH``: batch, time steps, input size, hidden size. The book's shapes
-are 10x5x100x100, 20x35x100x100, 20x35x650x650, 128x7x16x128 and 128x29x16x256.
+are 10x5x100x100, 20x35x100x100, 20x35x650x650, 128x7x16x128 and 128x29x16x256. ``--shapes``
+applies to the recurrent layers; the other time layers always run at their book shapes,
+labelled with their own sizes (``V`` vocabulary, ``M`` output size, ``Te``/``Td`` encoder
+and decoder steps).
 
 How the numbers are made
 ------------------------
 * Times are medians of rounds of one ``forward(xs)`` plus one ``backward(dhs)`` call on the
-  public layer API, with the inputs and upstream gradients prepared beforehand. fastrnn's
-  kernels and the reference both call NumPy's BLAS (see :mod:`fastrnn._blas`).
+  public layer API, with the inputs and upstream gradients prepared beforehand (for the
+  loss layers ``backward(N * T)``, see :func:`_loss_dout`; TimeDropout's rounds include
+  drawing a new mask from ``np.random``, as the book's layer does). fastrnn's kernels and
+  the reference both call NumPy's BLAS (see :mod:`fastrnn._blas`).
 * PyTorch has its own thread pool, and OpenBLAS's worker threads keep spinning for about
   0.1 s after their last call (unless ``OPENBLAS_THREAD_TIMEOUT`` shortens that), so the
   first calls after a switch between libraries run slower. Before each series of rounds the
   implementation is therefore warmed up for a quarter of a second (or the process sleeps
-  that long when one call takes longer than that).
+  that long when one call takes longer than that); for the time-layer table, where PyTorch
+  never runs, a tenth of a second.
 * The ``other load`` column is the number of cores other processes kept busy while a row
   was measured (from ``/proc/stat``, Linux only). Rows above 0.25 are marked ``!``: with a
   multithreaded BLAS, one busy core can make fastrnn (and PyTorch) several times slower,
@@ -37,7 +47,9 @@ How the numbers are made
   their rounding error grows with their magnitude, not with each element's. float32 uses
   ``rtol=2e-4, atol=2e-5`` (the kernels' tanh approximation is a few ulp off libm's, and BLAS
   sums in another order), float64 ``rtol=1e-9, atol=1e-11``. The ``err/tol`` column is the
-  largest ratio of error to allowed error: a check passes when it is at most 1.
+  largest ratio of error to allowed error: a check passes when it is at most 1. The time
+  layers' checks compare every output, loss and gradient the same way; TimeDropout's masks
+  come from ``np.random``, seeded alike (and restored after) for both implementations.
 * The GRU is the book's (reset gate applied to ``h`` before the product with ``Whh``);
   PyTorch's ``nn.GRU`` applies it after. Both do the same matrix products, so their times
   are comparable, their outputs are not.
@@ -208,6 +220,224 @@ def forward_backward(layer, xs: np.ndarray, dhs: np.ndarray) -> Callable[[], Non
 
 
 # --------------------------------------------------------------------------------------
+# The other time layers
+# --------------------------------------------------------------------------------------
+
+#: The book's time layers besides the recurrent ones, each with a plain-NumPy twin of the
+#: same name in :mod:`fastrnn.reference`.
+TIME_LAYERS = (
+    "TimeEmbedding",
+    "TimeAffine",
+    "TimeSoftmaxWithLoss",
+    "TimeSigmoidWithLoss",
+    "TimeDropout",
+    "TimeAttention",
+)
+_TIME_LAYER_ALIASES = {
+    "softmax": "TimeSoftmaxWithLoss",
+    "sigmoid": "TimeSigmoidWithLoss",
+    **{name.lower(): name for name in TIME_LAYERS},
+    **{name.lower().removeprefix("time"): name for name in TIME_LAYERS},
+}
+
+#: One forward and one backward pass of a layer on prepared data. Returns every output and
+#: gradient by name: the layer's own arrays (copy them to keep them past the next call).
+Pass = Callable[[], dict[str, object]]
+#: Builds the :data:`Pass` of ``fastrnn`` or ``fastrnn.reference`` on the same data.
+PassMaker = Callable[[object], Pass]
+
+
+def time_layer_name(text: str) -> str:
+    """The canonical name of a non-recurrent time layer: ``affine`` -> ``"TimeAffine"``."""
+    try:
+        return _TIME_LAYER_ALIASES[text.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown layer {text!r}; choose from {', '.join(TIME_LAYERS)} "
+            "(case-insensitive, 'Time' optional)"
+        ) from None
+
+
+def _hidden_states(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    """Values in (-1, 1), as an LSTM's hidden states are."""
+    return np.tanh(rng.standard_normal(shape)).astype(dtype)
+
+
+def _loss_dout(N: int, T: int) -> float:
+    """The loss layers' upstream gradient: ``N * T`` rather than the book's 1.
+
+    Their ``dxs`` is divided by the ``N * T`` positions, so with ``dout=1`` its entries are
+    about ``1 / (N * T)``, far below the check's ``atol * max(1, max|ref|)``: even a wrong
+    gradient would pass. With ``dout = N * T``, ``dxs`` is ``softmax - onehot`` (or
+    ``sigmoid - t``), of order 1, and the check sees every error. The cost is the same.
+    """
+    return float(N * T)
+
+
+def _embedding(dtype, rng, *, N, T, D, V) -> PassMaker:
+    W = (0.01 * rng.standard_normal((V, D))).astype(dtype)  # the book's initialisation
+    ids = rng.integers(0, V, size=(N, T))
+    dout = rng.standard_normal((N, T, D)).astype(dtype)
+
+    def make(module) -> Pass:
+        layer = module.TimeEmbedding(W.copy())
+
+        def run():
+            out = layer.forward(ids)
+            layer.backward(dout)
+            return {"out": out, "dW": layer.grads[0]}
+
+        return run
+
+    return make
+
+
+def _affine(dtype, rng, *, N, T, D, M, tied=False) -> PassMaker:
+    """``tied``: ``W`` is ``E.T`` for an embedding matrix ``E`` (M, D), as weight tying
+    passes it (a transposed view, not a copy)."""
+    E = (rng.standard_normal((M, D)) / np.sqrt(D)).astype(dtype)
+    b = (0.1 * rng.standard_normal(M)).astype(dtype)
+    x = _hidden_states(rng, (N, T, D), dtype)
+    dout = rng.standard_normal((N, T, M)).astype(dtype)
+
+    def make(module) -> Pass:
+        W = E.copy().T if tied else np.ascontiguousarray(E.T)
+        layer = module.TimeAffine(W, b.copy())
+
+        def run():
+            out = layer.forward(x)
+            dx = layer.backward(dout)
+            return {"out": out, "dx": dx, "dW": layer.grads[0], "db": layer.grads[1]}
+
+        return run
+
+    return make
+
+
+def _softmax_with_loss(dtype, rng, *, N, T, V) -> PassMaker:
+    xs = rng.standard_normal((N, T, V)).astype(dtype)
+    ts = rng.integers(0, V, size=(N, T))
+    dout = _loss_dout(N, T)
+
+    def make(module) -> Pass:
+        layer = module.TimeSoftmaxWithLoss()
+
+        def run():
+            loss = layer.forward(xs, ts)
+            return {"loss": loss, "dxs": layer.backward(dout)}
+
+        return run
+
+    return make
+
+
+def _sigmoid_with_loss(dtype, rng, *, N, T) -> PassMaker:
+    xs = rng.standard_normal((N, T)).astype(dtype)
+    ts = rng.integers(0, 2, size=(N, T))
+    dout = _loss_dout(N, T)
+
+    def make(module) -> Pass:
+        layer = module.TimeSigmoidWithLoss()
+
+        def run():
+            loss = layer.forward(xs, ts)
+            return {"loss": loss, "dxs": layer.backward(dout)}
+
+        return run
+
+    return make
+
+
+def _dropout(dtype, rng, *, N, T, D, ratio) -> PassMaker:
+    """Draws a new mask from ``np.random`` at every pass, as the book's layer does."""
+    xs = _hidden_states(rng, (N, T, D), dtype)
+    dout = rng.standard_normal((N, T, D)).astype(dtype)
+
+    def make(module) -> Pass:
+        layer = module.TimeDropout(ratio)
+
+        def run():
+            out = layer.forward(xs)
+            return {"out": out, "dxs": layer.backward(dout)}
+
+        return run
+
+    return make
+
+
+def _attention(dtype, rng, *, N, Te, Td, H) -> PassMaker:
+    hs_enc = _hidden_states(rng, (N, Te, H), dtype)
+    hs_dec = _hidden_states(rng, (N, Td, H), dtype)
+    dout = rng.standard_normal((N, Td, H)).astype(dtype)
+
+    def make(module) -> Pass:
+        layer = module.TimeAttention()
+
+        def run():
+            out = layer.forward(hs_enc, hs_dec)
+            dhs_enc, dhs_dec = layer.backward(dout)
+            return {"out": out, "dhs_enc": dhs_enc, "dhs_dec": dhs_dec}
+
+        return run
+
+    return make
+
+
+@dataclass
+class TimeLayerCase:
+    """A non-recurrent time layer at one of the book's shapes.
+
+    ``prepare(dtype, rng, **sizes, **options)`` draws the data (parameters, inputs,
+    upstream gradients) and returns a :data:`PassMaker`, so that ``fastrnn`` and
+    ``fastrnn.reference`` run on the same arrays.
+    """
+
+    layer: str
+    sizes: dict[str, int]
+    prepare: Callable[..., PassMaker]
+    options: dict[str, object] | None = None
+    note: str = ""  # appended to the label, e.g. "tied"
+
+    @property
+    def label(self) -> str:
+        """``"N=20 T=35 D=650 V=10000"``, plus the note."""
+        text = " ".join(f"{name}={size}" for name, size in self.sizes.items())
+        return f"{text} {self.note}" if self.note else text
+
+    @property
+    def id(self) -> str:
+        """For test ids (``-k`` takes no ``=``): ``"TimeAffine-N20-T35-D650-M10000-tied"``."""
+        return "-".join([self.layer, *self.label.replace("=", "").split()])
+
+    def pass_maker(self, dtype, sizes: dict[str, int] | None = None) -> PassMaker:
+        """Seeded data for the case (or for other ``sizes``), as a :data:`PassMaker`."""
+        rng = np.random.default_rng(seed_for(self.layer, self.label))
+        return self.prepare(np.dtype(dtype), rng, **(sizes or self.sizes), **(self.options or {}))
+
+    def tiny_pass(self, module, dtype) -> Pass:
+        """The case's pass at size 3 in every dimension (to compile the kernels)."""
+        return self.pass_maker(dtype, dict.fromkeys(self.sizes, 3))(module)
+
+
+#: The book's shapes: the PTB language models (``Rnnlm`` D=H=100, ``BetterRnnlm``
+#: D=H=650 with weight tying; V=10000, N=20, T=35), the chapter 7 addition seq2seq
+#: (V=13, decoder T=4, N=128), the chapter 8 dates (N=128, Te=29, Td=10, H=256) and a
+#: small attention seq2seq (Te=7, Td=4, H=128).
+TIME_LAYER_CASES: tuple[TimeLayerCase, ...] = (
+    TimeLayerCase("TimeEmbedding", dict(N=20, T=35, D=650, V=10000), _embedding),
+    TimeLayerCase("TimeEmbedding", dict(N=20, T=35, D=100, V=10000), _embedding),
+    TimeLayerCase("TimeAffine", dict(N=20, T=35, D=650, M=10000), _affine, dict(tied=True), "tied"),
+    TimeLayerCase("TimeAffine", dict(N=20, T=35, D=100, M=10000), _affine),
+    TimeLayerCase("TimeSoftmaxWithLoss", dict(N=20, T=35, V=10000), _softmax_with_loss),
+    TimeLayerCase("TimeSoftmaxWithLoss", dict(N=128, T=4, V=13), _softmax_with_loss),
+    TimeLayerCase("TimeSigmoidWithLoss", dict(N=128, T=29), _sigmoid_with_loss),
+    TimeLayerCase("TimeDropout", dict(N=20, T=35, D=650), _dropout, dict(ratio=0.5), "p=0.5"),
+    TimeLayerCase("TimeAttention", dict(N=128, Te=29, Td=10, H=256), _attention),
+    TimeLayerCase("TimeAttention", dict(N=128, Te=7, Td=4, H=128), _attention),
+)
+
+
+# --------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------
 
@@ -316,9 +546,14 @@ def rounds_for(estimate: float, max_rounds: int, budget: float, min_rounds: int 
     return max(1, min(max_rounds, max(min_rounds, fit)))
 
 
-def measure(fn: Callable[[], object], max_rounds: int, budget: float) -> list[float]:
+def measure(
+    fn: Callable[[], object],
+    max_rounds: int,
+    budget: float,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> list[float]:
     """Settle ``fn`` (see :func:`settle`), then time as many rounds as ``budget`` allows."""
-    estimate = settle(fn)
+    estimate = settle(fn, settle_seconds)
     return time_rounds(fn, rounds_for(estimate, max_rounds, budget))
 
 
@@ -675,6 +910,84 @@ def run_case(
     return CaseResult(layer, shape, check, ref_times, fast_times, torch_times, load.cores(), plan)
 
 
+@dataclass
+class TimeLayerResult:
+    """Check and times of one non-recurrent time layer on one shape."""
+
+    case: TimeLayerCase
+    check: CheckResult
+    reference: list[float]
+    fastrnn: list[float]
+    foreign_load: float | None = None  # cores used by other processes meanwhile
+
+    @property
+    def reference_median(self) -> float:
+        return statistics.median(self.reference)
+
+    @property
+    def fastrnn_median(self) -> float:
+        return statistics.median(self.fastrnn)
+
+
+@contextlib.contextmanager
+def seeded_global_random(seed: int) -> Iterator[None]:
+    """Seed NumPy's global random state (``np.random.seed``) for the block; restore it after."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def check_time_layer(case: TimeLayerCase, dtype) -> tuple[CheckResult, Pass, Pass]:
+    """Compare one pass of fastrnn with one of the reference on the case's data.
+
+    Every output and gradient is compared. Both passes start from the same seeded global
+    random state, so that TimeDropout draws the same mask in both.
+
+    Returns
+    -------
+    check : CheckResult
+    reference_pass, fastrnn_pass : Pass
+        The two passes, ready to be timed (fastrnn's kernels are compiled by now).
+    """
+    import fastrnn
+    from fastrnn import reference
+
+    make = case.pass_maker(dtype)
+    passes = make(reference), make(fastrnn)
+    results = []
+    for run in passes:
+        with seeded_global_random(seed_for("np.random", case.layer, case.label)):
+            results.append({name: np.array(value) for name, value in run().items()})
+    return compare(results[1], results[0], dtype), *passes
+
+
+#: Warm-up of the time-layer table's rounds, in seconds: shorter than
+#: :data:`SETTLE_SECONDS`, as no other library's thread pool runs in between (no PyTorch
+#: there), and long enough for OpenBLAS's spinning workers to go to sleep.
+TIME_LAYER_SETTLE_SECONDS = 0.1
+
+
+def time_layer_rounds(max_rounds: int, budget: float) -> tuple[int, float]:
+    """The (rounds, budget) of the time-layer table for the recurrent table's: a quarter of
+    the rounds (at least 3) and half the budget, so that it adds little to a run."""
+    return max(3, max_rounds // 4), budget / 2
+
+
+def run_time_layer_case(
+    case: TimeLayerCase, dtype, max_rounds: int, budget: float
+) -> TimeLayerResult:
+    """Check ``case`` (see :func:`check_time_layer`), then time the reference and fastrnn."""
+    load = ForeignLoad().start()
+    check, reference_pass, fastrnn_pass = check_time_layer(case, dtype)
+    settle_seconds = TIME_LAYER_SETTLE_SECONDS
+    ref_times = measure(reference_pass, max_rounds, budget, settle_seconds)
+    fast_times = measure(fastrnn_pass, max_rounds, budget, settle_seconds)
+    return TimeLayerResult(case, check, ref_times, fast_times, load.cores())
+
+
 def measure_blas_peak(dtype, rounds: int = 5) -> float:
     """Median GFLOP/s of a 2048^3 ``?gemm`` through NumPy's BLAS."""
     run, flop = blas_peak_runner(2048, dtype)
@@ -694,33 +1007,31 @@ def _speedup(baseline: float | None, fast: float) -> str:
     return "-" if baseline is None else f"{baseline / fast:.1f}x"
 
 
-def _run(args, bench: bool) -> int:
-    dtype = np.dtype(args.dtype)
-    started = time.perf_counter()
-    info = machine_info()
-    print(
-        f"fastrnn {info['versions']['fastrnn'] or ''}: {'bench' if bench else 'check'}, "
-        f"{dtype.name}, forward+backward, median of rounds"
-    )
-    for line in format_machine_info(info):
-        print(line)
+@dataclass
+class _Tally:
+    """Checks, failed checks and rows measured on a busy machine, over both tables."""
 
-    torch_thread_counts: tuple[int, ...] = ()
-    if bench and args.torch:
-        if torch_available():
-            torch_thread_counts = tuple(args.torch_threads)
-        else:
-            print("note: PyTorch is not installed; --torch ignored", file=sys.stderr)
-    peak = None
-    if bench:
-        load = ForeignLoad().start()
-        peak = measure_blas_peak(dtype)
-        kind = "sgemm" if dtype == np.float32 else "dgemm"
-        other = load.cores()
-        other_text = "" if other is None else f" (other load {other:.2f} cores)"
-        print(f"BLAS peak: {kind} 2048^3 through NumPy's BLAS: {peak:.1f} GFLOP/s{other_text}")
-    print(flush=True)
+    checks: int = 0
+    failures: int = 0
+    busy_rows: int = 0
 
+    def add(self, check: CheckResult, load: float | None) -> str:
+        """Count one row; returns its ``other load`` cell."""
+        busy = load is not None and load > BUSY_THRESHOLD
+        self.checks += 1
+        self.failures += not check.passed
+        self.busy_rows += busy
+        return "?" if load is None else f"{load:.2f}" + (" !" if busy else "")
+
+
+def _progress(text: str) -> None:
+    if sys.stderr.isatty():
+        print(f"  {text}: done", file=sys.stderr, flush=True)
+
+
+def _recurrent_table(
+    args, layers, dtype, bench: bool, peak, torch_thread_counts, tally: _Tally
+) -> str:
     headers = ["layer", "shape NxTxDxH", "max abs err", "err/tol", "check"]
     headers += ["reference ms", "fastrnn ms", "speedup"]
     if bench:
@@ -730,12 +1041,10 @@ def _run(args, bench: bool) -> int:
             headers += ["vs torch"]
     headers += ["rounds", "other load"]
 
-    rows, failures, busy_rows = [], 0, 0
-    show_progress = sys.stderr.isatty()
-    for layer in args.layers:
+    rows = []
+    for layer in layers:
         for shape in args.shapes:
             result = run_case(layer, shape, dtype, args.repeat, args.budget, torch_thread_counts)
-            failures += not result.check.passed
             fast = result.fastrnn_median
             row = [layer, shape.label, *_check_cells(result.check)]
             row += [format_ms(result.reference_median), format_ms(fast)]
@@ -747,39 +1056,97 @@ def _run(args, bench: bool) -> int:
                 if torch_thread_counts:
                     row += [_speedup(result.best_torch_median, fast)]
             row += [f"{len(result.reference)}/{len(result.fastrnn)}"]
-            load = result.foreign_load
-            busy = load is not None and load > BUSY_THRESHOLD
-            busy_rows += busy
-            row += ["?" if load is None else f"{load:.2f}" + (" !" if busy else "")]
+            row += [tally.add(result.check, result.foreign_load)]
             rows.append(row)
-            if show_progress:
-                print(f"  {layer} {shape.label}: done", file=sys.stderr, flush=True)
-    print(format_table(headers, rows))
-    total = len(rows)
+            _progress(f"{layer} {shape.label}")
+    return format_table(headers, rows)
+
+
+def _time_layer_table(args, cases, dtype, tally: _Tally) -> str:
+    headers = ["layer", "shape", "max abs err", "err/tol", "check"]
+    headers += ["reference ms", "fastrnn ms", "speedup", "rounds", "other load"]
+    max_rounds, budget = time_layer_rounds(args.repeat, args.budget)
+    rows = []
+    for case in cases:
+        result = run_time_layer_case(case, dtype, max_rounds, budget)
+        fast = result.fastrnn_median
+        row = [case.layer, case.label, *_check_cells(result.check)]
+        row += [format_ms(result.reference_median), format_ms(fast)]
+        row += [_speedup(result.reference_median, fast)]
+        row += [f"{len(result.reference)}/{len(result.fastrnn)}"]
+        row += [tally.add(result.check, result.foreign_load)]
+        rows.append(row)
+        _progress(f"{case.layer} {case.label}")
+    return format_table(headers, rows)
+
+
+def _run(args, bench: bool) -> int:
+    dtype = np.dtype(args.dtype)
+    started = time.perf_counter()
+    recurrent = [layer for layer in args.layers if layer in GATES]
+    cases = [case for case in TIME_LAYER_CASES if case.layer in args.layers]
+    info = machine_info()
+    print(
+        f"fastrnn {info['versions']['fastrnn'] or ''}: {'bench' if bench else 'check'}, "
+        f"{dtype.name}, forward+backward, median of rounds"
+    )
+    for line in format_machine_info(info):
+        print(line)
+
+    torch_thread_counts: tuple[int, ...] = ()
+    if bench and args.torch and recurrent:
+        if torch_available():
+            torch_thread_counts = tuple(args.torch_threads)
+        else:
+            print("note: PyTorch is not installed; --torch ignored", file=sys.stderr)
+    peak = None
+    if bench and recurrent:
+        load = ForeignLoad().start()
+        peak = measure_blas_peak(dtype)
+        kind = "sgemm" if dtype == np.float32 else "dgemm"
+        other = load.cores()
+        other_text = "" if other is None else f" (other load {other:.2f} cores)"
+        print(f"BLAS peak: {kind} 2048^3 through NumPy's BLAS: {peak:.1f} GFLOP/s{other_text}")
+    print(flush=True)
+
+    tally = _Tally()
+    if recurrent:
+        print(_recurrent_table(args, recurrent, dtype, bench, peak, torch_thread_counts, tally))
+        print(flush=True)
+    if cases:
+        print(_time_layer_table(args, cases, dtype, tally))
+        print()
     elapsed = time.perf_counter() - started
-    print()
     print(
         "speedup = reference median / fastrnn median; rounds = reference/fastrnn rounds timed"
         + (
             "; plan = the planner's routes for the per-step products (fastrnn._planner, "
             "FASTRNN_PLAN pins them)"
-            if bench
+            if bench and recurrent
             else ""
         )
         + ("; vs torch = best torch thread setting / fastrnn" if torch_thread_counts else "")
         + "; other load = cores kept busy by other processes meanwhile"
     )
-    if busy_rows:
+    if cases:
+        notes = ["time layers: forward+backward at the book's shapes (--shapes applies to the "
+                 "recurrent layers only)"]  # fmt: skip
+        if any(case.note == "tied" for case in cases):
+            notes.append("tied: TimeAffine's W is E.T, a transposed view, as weight tying has it")
+        if any(case.layer == "TimeDropout" for case in cases):
+            notes.append("p: TimeDropout's ratio; its masks are seeded alike for the check")
+        print("; ".join(notes))
+    if tally.busy_rows:
         print(
-            f"note: {busy_rows} row(s) marked ! ran while other processes kept more than "
+            f"note: {tally.busy_rows} row(s) marked ! ran while other processes kept more than "
             f"{BUSY_THRESHOLD} of a core busy; their times can be several times too slow "
             "(multithreaded BLAS waits for its slowest thread). Rerun on a quiet machine, "
             "or compare with --blas-threads 1."
         )
-    if failures:
-        print(f"FAILED: {failures} of {total} checks ({elapsed:.1f} s)")
+    if tally.failures:
+        print(f"FAILED: {tally.failures} of {tally.checks} checks ({elapsed:.1f} s)")
         return 1
-    print(f"all {total} checks passed ({elapsed:.1f} s)")
+    print(f"all {tally.checks} checks passed ({elapsed:.1f} s)")
     return 0
 
 
@@ -796,10 +1163,16 @@ def _shape_arg(text: str) -> Shape:
 
 
 def _layer_arg(text: str) -> str:
-    try:
-        return layer_name(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    for canonical in (layer_name, time_layer_name):
+        try:
+            return canonical(text)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(
+        f"unknown layer {text!r}; choose from rnn, lstm, gru, bilstm, "
+        "embedding, affine, softmax, sigmoid, dropout, attention "
+        "(case-insensitive; the class names such as TimeLSTM or TimeSoftmaxWithLoss too)"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -817,9 +1190,12 @@ def _add_common_options(parser: argparse.ArgumentParser, default_repeat: int) ->
         "--layers",
         nargs="+",
         type=_layer_arg,
-        default=list(LAYERS),
+        default=[*LAYERS, *TIME_LAYERS],
         metavar="LAYER",
-        help="layers to run: rnn, lstm, gru, bilstm (default: all four)",
+        help="layers to run: the recurrent rnn, lstm, gru, bilstm (first table) and "
+        "embedding, affine, softmax, sigmoid (the ...WithLoss layers), dropout, attention "
+        "(second table, at the book's shapes); case-insensitive, class names such as "
+        "TimeLSTM too (default: all)",
     )
     parser.add_argument(
         "--shapes",
@@ -827,7 +1203,7 @@ def _add_common_options(parser: argparse.ArgumentParser, default_repeat: int) ->
         type=_shape_arg,
         default=list(BOOK_SHAPES),
         metavar="NxTxDxH",
-        help="shapes to run (default: the book's five)",
+        help="shapes of the recurrent layers (default: the book's five)",
     )
     parser.add_argument(
         "--dtype",
@@ -841,7 +1217,8 @@ def _add_common_options(parser: argparse.ArgumentParser, default_repeat: int) ->
         default=default_repeat,
         metavar="N",
         help=f"at most N timed rounds per implementation (default: {default_repeat}); fewer "
-        "when they would exceed --budget, at least 3 unless one call takes over a second",
+        "when they would exceed --budget, at least 3 unless one call takes over a second. "
+        "The time-layer table takes a quarter of N (at least 3) and half the budget",
     )
     parser.add_argument(
         "--budget",
