@@ -43,7 +43,9 @@ How the numbers are made
   it produced: ``--tokens`` sampled ids for the language models (the book samples 100), the
   book's answer length for the seq2seq models (4 for addition, 10 for dates), whose time
   includes encoding the question once, as in the book's ``eval_seq2seq``.
-* Before each timed call the process sleeps ``--gap`` seconds, so that the worker threads of
+* Each timed sample is a burst of back-to-back calls lasting about ``--burst`` seconds (one
+  call when a call takes longer), as in a training loop; the table divides by the calls.
+* Before each timed sample the process sleeps ``--gap`` seconds, so that the worker threads of
   the implementation timed before (OpenBLAS's and PyTorch's OpenMP pools spin for a while
   after their last call, on the cores the next one needs) are idle, as they are in a loop
   that runs only one implementation.
@@ -96,6 +98,7 @@ from fastrnn._cli import (
 ROUNDS, TOKENS, BREAKDOWN_STEPS = 10, 100, 5
 QUICK_ROUNDS, QUICK_TOKENS, QUICK_BREAKDOWN_STEPS = 3, 20, 3
 GAP_SECONDS = 0.2
+BURST_SECONDS = 0.1
 BUSY_MARK = " ⚠"
 
 
@@ -108,6 +111,7 @@ class Contender:
     generate: Callable[[], list]
     tokens: int  # ids one generate call produces
     threads: int | None = None  # PyTorch's thread count, None for the NumPy layer sets
+    calls: dict[str, int] = field(default_factory=lambda: {"step": 1, "generate": 1})
 
     def context(self):
         return torch_threads(self.threads) if self.threads else contextlib.nullcontext()
@@ -163,20 +167,32 @@ def build_contenders(
     return contenders, unavailable
 
 
+def calls_per_burst(seconds_per_call: float, burst: float) -> int:
+    """How many back-to-back calls fill ``burst`` seconds (at least one)."""
+    return max(1, round(burst / max(seconds_per_call, 1e-9)))
+
+
 def interleaved_medians(
     contenders: list[Contender], phase: str, rounds: int, gap: float
 ) -> dict[str, float]:
-    """Median seconds per call (``phase="step"``) or per generated id (``"generate"``)."""
+    """Median seconds per call (``phase="step"``) or per generated id (``"generate"``).
+
+    Each sample is a burst of ``c.calls[phase]`` back-to-back calls after the gap, as in a
+    training loop, so that waking the thread pools after the gap is not charged to a single
+    short step.
+    """
     times: dict[str, list[float]] = {c.impl: [] for c in contenders}
     for r in range(rounds):
         k = r % len(contenders)
         for c in contenders[k:] + contenders[:k]:
             run = c.step if phase == "step" else c.generate
-            per = 1 if phase == "step" else c.tokens
+            calls = c.calls[phase]
+            per = calls * (1 if phase == "step" else c.tokens)
             with c.context():
                 time.sleep(gap)
                 t0 = time.perf_counter()
-                run()
+                for _ in range(calls):
+                    run()
                 elapsed = time.perf_counter() - t0
             times[c.impl].append(elapsed / per)
     return {impl: statistics.median(values) for impl, values in times.items()}
@@ -204,6 +220,7 @@ def measure_model(
     gap: float,
     torch_thread_counts: Sequence[int],
     breakdown_steps: int,
+    burst: float = BURST_SECONDS,
 ) -> ModelResult:
     """Build, warm up and time every implementation of ``name``; optionally the breakdown."""
     load = ForeignLoad().start()
@@ -214,8 +231,11 @@ def measure_model(
     for c in contenders:
         with c.context():
             c.step()
-            c.step()
             c.generate()
+            for phase, run in (("step", c.step), ("generate", c.generate)):
+                t0 = time.perf_counter()
+                run()
+                c.calls[phase] = calls_per_burst(time.perf_counter() - t0, burst)
     result.step = interleaved_medians(contenders, "step", rounds, gap)
     result.generate = interleaved_medians(contenders, "generate", rounds, gap)
     del contenders  # free the models before the breakdown builds its own
@@ -441,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"idle time before each timed call (default: {GAP_SECONDS})",
     )
     parser.add_argument(
+        "--burst",
+        type=float,
+        default=BURST_SECONDS,
+        metavar="SECONDS",
+        help="each timed sample runs back-to-back calls for about this long "
+        f"(default: {BURST_SECONDS}; 0 times single calls)",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -491,13 +519,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 waited = wait_until_quiet(args.wait_quiet)
                 print(f"{name}: waited {waited:.0f} s for a quiet machine", file=sys.stderr)
             print(f"{name}: measuring ...", file=sys.stderr, flush=True)
-            results.append(measure_model(name, rounds, tokens, args.gap, torch_counts, steps))
+            results.append(
+                measure_model(name, rounds, tokens, args.gap, torch_counts, steps, args.burst)
+            )
         elapsed = time.perf_counter() - started
         machine = machine_lines(args.blas_threads)  # after torch's libraries are loaded
 
     print("# The book's models: training step and generation\n")
     print("\n".join(machine))
-    print(f"\n## Medians over {rounds} interleaved rounds\n")
+    burst = f", each a {args.burst:g} s burst of back-to-back calls" if args.burst else ""
+    print(f"\n## Medians over {rounds} interleaved rounds{burst}\n")
     print(results_table(results, impls))
     print(
         "\n_vs reference_: reference median / median (> 1: faster). _fastrnn vs torch_: "
