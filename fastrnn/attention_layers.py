@@ -41,7 +41,7 @@ from ._validation import (
     check_gradient,
     require_nonempty_axis,
 )
-from .layers import _kernel_ready, _Workspace
+from ._workspace import Workspace, kernel_ready
 
 __all__ = ["WeightSum", "AttentionWeight", "Attention", "TimeAttention"]
 
@@ -60,7 +60,7 @@ class _Layer:
 
     def __init__(self):
         self.params, self.grads = [], []
-        self._ws = _Workspace()
+        self._ws = Workspace()
         self._saved = None  # what the last forward left for backward
 
     def _require_forward(self):
@@ -110,8 +110,8 @@ class TimeAttention(_Layer):
         require_nonempty_axis("hs_enc", hs_enc, 1, "Te", _NO_STEPS)
         Td = hs_dec.shape[1]
         dtype = _compute_dtype(hs_enc, hs_dec)
-        enc = _kernel_ready(hs_enc, dtype, self._ws, "hs_enc")
-        dec = _kernel_ready(hs_dec, dtype, self._ws, "hs_dec")
+        enc = kernel_ready(hs_enc, dtype, self._ws, "hs_enc")
+        dec = kernel_ready(hs_dec, dtype, self._ws, "hs_dec")
         out = np.empty((N, Td, H), dtype)
         A = np.empty((N, Td, Te), dtype)
         kernels.time_attention_forward(out, A, enc, dec)
@@ -142,7 +142,7 @@ class TimeAttention(_Layer):
         N, Td, Te = A.shape
         check_gradient("dout", dout, dec.shape, "the last forward's output")
         dtype = A.dtype
-        dout = _kernel_ready(dout, dtype, self._ws, "dout")
+        dout = kernel_ready(dout, dtype, self._ws, "dout")
         dhs_enc = np.empty(enc.shape, dtype)
         dhs_dec = np.empty(dec.shape, dtype)
         dS = self._ws.take("dS", (Td, Te), dtype)
@@ -187,8 +187,8 @@ class Attention(_Layer):
         check_float_array("h", h, ("N", "H"), (N, H), ("hs", hs))
         require_nonempty_axis("hs", hs, 1, "T", _NO_STEPS)
         dtype = _compute_dtype(hs, h)
-        enc = _kernel_ready(hs, dtype, self._ws, "hs")
-        dec = _kernel_ready(h, dtype, self._ws, "h")[:, None, :]  # (N, 1, H): Td = 1
+        enc = kernel_ready(hs, dtype, self._ws, "hs")
+        dec = kernel_ready(h, dtype, self._ws, "h")[:, None, :]  # (N, 1, H): Td = 1
         out = np.empty((N, 1, H), dtype)
         A = np.empty((N, 1, T), dtype)
         kernels.time_attention_forward(out, A, enc, dec)
@@ -216,7 +216,7 @@ class Attention(_Layer):
         H = enc.shape[2]
         check_gradient("dout", dout, (N, H), "the last forward's output")
         dtype = A.dtype
-        dout = _kernel_ready(dout, dtype, self._ws, "dout")[:, None, :]
+        dout = kernel_ready(dout, dtype, self._ws, "dout")[:, None, :]
         dhs = np.empty(enc.shape, dtype)
         dh = np.empty((N, 1, H), dtype)
         dS = self._ws.take("dS", (1, T), dtype)
@@ -253,8 +253,8 @@ class AttentionWeight(_Layer):
         check_float_array("h", h, ("N", "H"), (N, H), ("hs", hs))
         require_nonempty_axis("hs", hs, 1, "T", _NO_STEPS)
         dtype = _compute_dtype(hs, h)
-        hs = _kernel_ready(hs, dtype, self._ws, "hs")
-        h = _kernel_ready(h, dtype, self._ws, "h")
+        hs = kernel_ready(hs, dtype, self._ws, "hs")
+        h = kernel_ready(h, dtype, self._ws, "h")
         a = np.empty((N, T), dtype)
         kernels.attention_weight_forward(a, hs, h)
         self._saved = (a, hs, h)
@@ -278,7 +278,7 @@ class AttentionWeight(_Layer):
         a, hs, h = self._require_forward()
         check_gradient("da", da, a.shape, "the last forward's output")
         dtype = a.dtype
-        da = _kernel_ready(da, dtype, self._ws, "da")
+        da = kernel_ready(da, dtype, self._ws, "da")
         dhs = np.empty(hs.shape, dtype)
         dh = np.empty(h.shape, dtype)
         ds = self._ws.take("ds", (1, a.shape[1]), dtype)
@@ -313,8 +313,8 @@ class WeightSum(_Layer):
         N, T, H = check_float_array("hs", hs, ("N", "T", "H"))
         check_float_array("a", a, ("N", "T"), (N, T), ("hs", hs))
         dtype = _compute_dtype(hs, a)
-        hs = _kernel_ready(hs, dtype, self._ws, "hs")
-        a = _kernel_ready(a, dtype, self._ws, "a")
+        hs = kernel_ready(hs, dtype, self._ws, "hs")
+        a = kernel_ready(a, dtype, self._ws, "a")
         c = np.empty((N, H), dtype)
         kernels.weight_sum_forward(c, hs, a)
         self._saved = (hs, a)
@@ -339,7 +339,7 @@ class WeightSum(_Layer):
         N, T, H = hs.shape
         check_gradient("dc", dc, (N, H), "the last forward's output")
         dtype = hs.dtype
-        dc = _kernel_ready(dc, dtype, self._ws, "dc")
+        dc = kernel_ready(dc, dtype, self._ws, "dc")
         dhs = np.empty(hs.shape, dtype)
         da = np.empty(a.shape, dtype)
         kernels.weight_sum_backward(dhs, da, dc, hs, a)

@@ -19,8 +19,6 @@ Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``H`` hidden size.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _kernels as kernels
@@ -34,46 +32,9 @@ from ._validation import (
     require_array,
     require_float,
 )
+from ._workspace import Workspace, kernel_ready
 
 __all__ = ["RNN", "LSTM", "GRU", "TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM"]
-
-
-class _Workspace:
-    """Named, grow-only scratch buffers.
-
-    ``take`` returns a C-contiguous view of the requested shape. A buffer is reallocated
-    only when it must grow (or the dtype changes), so alternating between a large and a
-    small batch does not allocate on every call. Views are remembered per shape, so that a
-    call at a shape seen before costs one dictionary lookup.
-    """
-
-    #: Views remembered per buffer; more distinct shapes than this start the memo afresh.
-    MAX_VIEWS_PER_BUFFER = 8
-
-    def __init__(self):
-        self._buffers: dict[str, np.ndarray] = {}
-        self._views: dict[str, dict[tuple, np.ndarray]] = {}
-
-    def take(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        views = self._views.get(name)
-        if views is not None:
-            view = views.get((shape, dtype))
-            if view is not None:
-                return view
-        size = math.prod(shape)
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.dtype != dtype or buffer.size < size:
-            buffer = np.empty(max(size, 1), dtype=dtype)
-            self._buffers[name] = buffer
-            views = None  # views of the old buffer must not be handed out again
-        if views is None or len(views) >= self.MAX_VIEWS_PER_BUFFER:
-            views = self._views[name] = {}
-        view = views[(shape, dtype)] = buffer[:size].reshape(shape)
-        return view
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers.values())
 
 
 # --------------------------------------------------------------------------------------
@@ -89,7 +50,7 @@ class _Recurrence:
     has_cell_state = False
 
     def __init__(self):
-        self.ws = _Workspace()
+        self.ws = Workspace()
         self.saved = None  # what the last forward left for backward
 
     def forward(self, xs, Wx, Wh, b, h0, c0):
@@ -141,7 +102,7 @@ class _Recurrence:
         H = Wh.shape[0]
         dtype = Wx.dtype
         ws = self.ws
-        dhs = _kernel_ready(dhs, dtype, ws, "dhs")
+        dhs = kernel_ready(dhs, dtype, ws, "dhs")
         dxs_tm = ws.take("dxs", (T, N, D), dtype)
         dh = ws.take("dh", (N, H), dtype)
         _set_initial(dh, dh_last)
@@ -183,17 +144,6 @@ class _Recurrence:
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         raise NotImplementedError
-
-
-def _kernel_ready(array, dtype, ws, name):
-    """``array`` itself when a kernel can read it as it is (C-contiguous, aligned,
-    writeable: the one array type the kernels are compiled for), else a workspace copy."""
-    flags = array.flags
-    if array.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable:
-        return array
-    copy = ws.take(name, array.shape, dtype)
-    np.copyto(copy, array, casting="same_kind")
-    return copy
 
 
 def _set_initial(buffer, value):

@@ -44,7 +44,7 @@ from ._validation import (
     require_integer,
     require_real,
 )
-from .layers import _kernel_ready, _Workspace
+from ._workspace import Workspace, kernel_ready
 
 __all__ = [
     "TimeEmbedding",
@@ -72,7 +72,7 @@ def _writable_target(grad: np.ndarray, dtype: np.dtype) -> bool:
     return grad.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable
 
 
-def _copy_ids(ws: _Workspace, ids: np.ndarray) -> np.ndarray:
+def _copy_ids(ws: Workspace, ids: np.ndarray) -> np.ndarray:
     """Checked ids as the kernels' int64, in the layer's own buffer: the caller may change
     their array before ``backward``, whose kernel must only see ids that were checked."""
     copy = ws.take("ids", ids.shape, _INT64)
@@ -110,7 +110,7 @@ class TimeEmbedding:
         check_embedding_params([W])
         self.params = [W]
         self.grads = [np.zeros_like(W)]
-        self._ws = _Workspace()
+        self._ws = Workspace()
         self._saved = None  # (ids, W) of the last forward
 
     @property
@@ -144,7 +144,7 @@ class TimeEmbedding:
         N, T = xs.shape
         ids = _copy_ids(self._ws, xs)
         out = np.empty((N, T, D), dtype=W.dtype)
-        kernels.embedding_forward(out, ids, _kernel_ready(W, W.dtype, self._ws, "W"))
+        kernels.embedding_forward(out, ids, kernel_ready(W, W.dtype, self._ws, "W"))
         self._saved = (ids, W)
         return out
 
@@ -166,7 +166,7 @@ class TimeEmbedding:
         check_grads(self.grads, [W])
         check_gradient("dout", dout, (*ids.shape, W.shape[1]), _LAST_OUTPUT)
         dtype = W.dtype
-        dout = _kernel_ready(dout, dtype, self._ws, "dout")
+        dout = kernel_ready(dout, dtype, self._ws, "dout")
         grad = self.grads[0]
         target = grad if _writable_target(grad, dtype) else self._ws.take("dW", W.shape, dtype)
         kernels.embedding_backward(target, dout, ids)
@@ -213,7 +213,7 @@ class TimeAffine:
         self.params = [W, b]
         self.grads = [np.zeros_like(W), np.zeros_like(b)]
         self.x = None
-        self._ws = _Workspace()
+        self._ws = Workspace()
         self._saved = None  # what the last forward left for backward
 
     def _kernel_weight(self, W):
@@ -223,7 +223,7 @@ class TimeAffine:
             return W, False
         if _writable_target(W.T, W.dtype):
             return W.T, True
-        return _kernel_ready(W, W.dtype, self._ws, "W"), False
+        return kernel_ready(W, W.dtype, self._ws, "W"), False
 
     def forward(self, x):
         """Apply the affine map to every step.
@@ -242,12 +242,12 @@ class TimeAffine:
         D, M = W.shape
         N, T = check_sequence("x", x, D, "D")
         dtype = W.dtype
-        x = _kernel_ready(x, dtype, self._ws, "x")
+        x = kernel_ready(x, dtype, self._ws, "x")
         weight, transposed = self._kernel_weight(W)
         rows = x.reshape(N * T, D)  # the layer's own view: the kernels trust its shape
         out = np.empty((N, T, M), dtype=dtype)
         kernels.affine_forward(
-            out.reshape(N * T, M), rows, weight, _kernel_ready(b, dtype, self._ws, "b"), transposed
+            out.reshape(N * T, M), rows, weight, kernel_ready(b, dtype, self._ws, "b"), transposed
         )
         self.x = x
         self._saved = (rows, W, b, weight, transposed, N, T)
@@ -273,7 +273,7 @@ class TimeAffine:
         check_grads(self.grads, [W, b])
         check_gradient("dout", dout, (N, T, M), _LAST_OUTPUT)
         dtype = W.dtype
-        dout = _kernel_ready(dout, dtype, self._ws, "dout").reshape(N * T, M)
+        dout = kernel_ready(dout, dtype, self._ws, "dout").reshape(N * T, M)
         dW, db = self.grads
         # dW goes straight into grads[0], or into its transpose when that is the
         # C-contiguous one (weight tying); only a caller-replaced grad needs scratch.
@@ -334,7 +334,7 @@ class TimeSoftmaxWithLoss:
     def __init__(self):
         self.params, self.grads = [], []
         self.ignore_label = -1
-        self._ws = _Workspace()
+        self._ws = Workspace()
         self._saved = None  # what the last forward left for backward
 
     def _target_ids(self, ts, shape, ignore_label):
@@ -372,7 +372,7 @@ class TimeSoftmaxWithLoss:
         ignore_label = check_ignore_label(self.ignore_label)
         ids = self._target_ids(ts, (N, T, V), ignore_label)
         dtype = _compute_dtype(xs.dtype)
-        scores = _kernel_ready(xs, dtype, self._ws, "xs").reshape(N * T, V)
+        scores = kernel_ready(xs, dtype, self._ws, "xs").reshape(N * T, V)
         lse = self._ws.take("lse", (N * T,), dtype)
         total, count = kernels.softmax_cross_entropy_forward(lse, scores, ids, ignore_label)
         self._saved = (scores, lse, ids, ignore_label, count, (N, T, V))
@@ -424,7 +424,7 @@ class TimeSigmoidWithLoss:
 
     def __init__(self):
         self.params, self.grads = [], []
-        self._ws = _Workspace()
+        self._ws = Workspace()
         self._saved = None  # (sigmoid(xs) - ts, N * T) of the last forward
 
     def forward(self, xs, ts):
@@ -445,8 +445,8 @@ class TimeSigmoidWithLoss:
         check_binary_labels("ts", ts)
         check_shape("ts", ts, (N, T), f"{(N, T)} like xs")
         dtype = _compute_dtype(xs.dtype)
-        scores = _kernel_ready(xs, dtype, self._ws, "xs")
-        labels = _kernel_ready(ts, dtype, self._ws, "ts")
+        scores = kernel_ready(xs, dtype, self._ws, "xs")
+        labels = kernel_ready(ts, dtype, self._ws, "ts")
         diff = self._ws.take("diff", (N, T), dtype)
         total = kernels.sigmoid_cross_entropy_forward(diff, scores, labels)
         self._saved = (diff, N * T)
@@ -500,7 +500,7 @@ class TimeDropout:
         self.dropout_ratio = dropout_ratio
         self.mask = None
         self.train_flg = True
-        self._ws = _Workspace()
+        self._ws = Workspace()
 
     def forward(self, xs):
         """``xs * mask`` with a new mask (a fresh array); ``xs`` itself when not training.
@@ -520,7 +520,7 @@ class TimeDropout:
         # Computed from the attribute as the book does, so that a NumPy float32 ratio gives
         # the book's (float32) scale.
         scale = dtype.type(1 / (1 - ratio))
-        source = _kernel_ready(xs, dtype, self._ws, "xs")
+        source = kernel_ready(xs, dtype, self._ws, "xs")
         draws = np.asarray(np.random.rand(*xs.shape))  # a float, not an array, for 0-d xs
         mask = np.empty(xs.shape, dtype=dtype)
         out = np.empty(xs.shape, dtype=dtype)
@@ -546,8 +546,8 @@ class TimeDropout:
         require_float("mask", mask)
         check_gradient("dout", dout, mask.shape, _LAST_OUTPUT)
         dtype = _compute_dtype(mask.dtype)
-        mask = _kernel_ready(mask, dtype, self._ws, "mask")
-        dout = _kernel_ready(dout, dtype, self._ws, "dout")
+        mask = kernel_ready(mask, dtype, self._ws, "mask")
+        dout = kernel_ready(dout, dtype, self._ws, "dout")
         dxs = np.empty(mask.shape, dtype=dtype)
         kernels.dropout_backward(dxs.reshape(-1), dout.reshape(-1), mask.reshape(-1))
         return dxs
