@@ -1,10 +1,13 @@
-"""Helpers shared by the test modules: the tolerance table and parameter factories.
+"""Helpers shared by the test modules: the tolerance table, parameter factories and the
+misuse tables' tools.
 
 A plain module rather than ``conftest.py``: ``benchmarks/`` has a conftest of its own, and
 two top-level ``conftest`` modules cannot both be imported by name.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -55,3 +58,55 @@ def make_params(rng, family, D, H, dtype, scale=0.5):
         (std * rng.standard_normal(shape)).astype(dtype)
         for std, shape in zip(stds, ((D, G * H), (H, G * H), (G * H,)), strict=True)
     ]
+
+
+def other_float(dtype):
+    """The other compute dtype: float64 for float32 and the reverse."""
+    return np.dtype(np.float32 if np.dtype(dtype) == np.float64 else np.float64)
+
+
+def copy_arg(value):
+    """A snapshot of an argument or attribute, to check later that a call left it alone."""
+    return value.copy() if isinstance(value, np.ndarray) else copy.deepcopy(value)
+
+
+def same_value(a, b):
+    """Whether ``a`` and ``b`` are equal to the bit: arrays of one shape and dtype with the
+    same entries (NaN equal to NaN), lists and tuples entry by entry, anything else equal."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+        )
+    return a is b or a == b
+
+
+class KernelSpy:
+    """Counts calls of a module's compiled kernels, to check that no kernel ran before an
+    argument error was raised."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def wrap(self, kernel):
+        def counted(*args):
+            self.calls += 1
+            return kernel(*args)
+
+        return counted
+
+    def install(self, monkeypatch, module, names):
+        """Replace ``module``'s kernels ``names`` by counting wrappers (undone by
+        ``monkeypatch``)."""
+        for name in names:
+            monkeypatch.setattr(module, name, self.wrap(getattr(module, name)))
+        return self

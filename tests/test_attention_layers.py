@@ -12,14 +12,13 @@ kernel runs (a spy counts the kernel calls), and leaves the layer usable.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from _support import DTYPES, TOLERANCE
+from _support import DTYPES, TOLERANCE, KernelSpy, copy_arg, other_float, same_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -515,48 +514,9 @@ def test_random_shapes_dtypes_and_layouts(kind, dims, dtypes_, layouts, seed):
 N, TE, TD, H = 2, 5, 3, 4
 
 
-class KernelSpy:
-    """Counts calls of the attention kernels (installed by the ``kernel_spy`` fixture)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def wrap(self, kernel):
-        def counted(*args):
-            self.calls += 1
-            return kernel(*args)
-
-        return counted
-
-
 @pytest.fixture
 def kernel_spy(monkeypatch):
-    spy = KernelSpy()
-    for name in KERNEL_NAMES:
-        monkeypatch.setattr(kernels_module, name, spy.wrap(getattr(kernels_module, name)))
-    return spy
-
-
-def other_float(dtype):
-    return np.dtype(np.float32 if np.dtype(dtype) == np.float64 else np.float64)
-
-
-def _copy_arg(value):
-    return value.copy() if isinstance(value, np.ndarray) else copy.deepcopy(value)
-
-
-def _equal(a, b):
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return (
-            type(a) is type(b)
-            and len(a) == len(b)
-            and all(_equal(x, y) for x, y in zip(a, b, strict=True))
-        )
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-            return False
-        return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
-    return a is b or a == b
+    return KernelSpy().install(monkeypatch, kernels_module, KERNEL_NAMES)
 
 
 class Pair:
@@ -604,7 +564,7 @@ class Pair:
 
     def raises(self, exc_type, needles, method, *args):
         """``method`` must raise exactly ``exc_type`` naming ``needles``, changing nothing."""
-        before = [(label, value, _copy_arg(value)) for label, value in self.state(self.fast)]
+        before = [(label, value, copy_arg(value)) for label, value in self.state(self.fast)]
         calls = self.spy.calls
         with pytest.raises(exc_type) as info:
             getattr(self.fast, method)(*args)
@@ -615,7 +575,8 @@ class Pair:
             assert needle in message, f"{needle!r} not in {message!r}"
         assert self.spy.calls == calls, "a kernel ran before the error was raised"
         for (label, value, copied), (_, now) in zip(before, self.state(self.fast), strict=True):
-            assert now is value and _equal(now, copied), f"{label} changed by a call that raised"
+            unchanged = now is value and same_value(now, copied)
+            assert unchanged, f"{label} changed by a call that raised"
         return error
 
     def recover(self):

@@ -16,7 +16,6 @@ and compares them: a layer that raised must still give the reference's numbers.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +29,11 @@ from _support import (
     GATES,
     TIME_KINDS,
     TOLERANCE,
+    KernelSpy,
+    copy_arg,
     make_params,
+    other_float,
+    same_value,
 )
 
 import fastrnn
@@ -49,44 +52,9 @@ KERNEL_NAMES = (
 D, H, N, T = 3, 4, 2, 5
 
 
-class KernelSpy:
-    """Counts calls of the compiled kernels (installed by the ``kernel_spy`` fixture)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def wrap(self, kernel):
-        def counted(*args):
-            self.calls += 1
-            return kernel(*args)
-
-        return counted
-
-
 @pytest.fixture
 def kernel_spy(monkeypatch):
-    spy = KernelSpy()
-    for name in KERNEL_NAMES:
-        monkeypatch.setattr(kernels_module, name, spy.wrap(getattr(kernels_module, name)))
-    return spy
-
-
-def other_float(dtype):
-    return np.dtype(np.float32 if np.dtype(dtype) == np.float64 else np.float64)
-
-
-def _copy_arg(value):
-    return value.copy() if isinstance(value, np.ndarray) else copy.deepcopy(value)
-
-
-def _equal(a, b):
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-            return False
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
-    return a is b or a == b
+    return KernelSpy().install(monkeypatch, kernels_module, KERNEL_NAMES)
 
 
 class Pair:
@@ -166,7 +134,7 @@ class Pair:
 
     def snapshot(self):
         params = [list(sub.params) for sub in self.sublayers(self.fast)]
-        return params, [(label, _copy_arg(v)) for label, v in self.state(self.fast)]
+        return params, [(label, copy_arg(v)) for label, v in self.state(self.fast)]
 
     # ---- the two kinds of step -------------------------------------------------------
 
@@ -200,13 +168,13 @@ class Pair:
 
     def same(self, method, *args):
         """Call ``method`` on both layers; outputs, states and grads must agree."""
-        kept = [_copy_arg(a) for a in args]
+        kept = [copy_arg(a) for a in args]
         calls = self.spy.calls
         with np.errstate(all="ignore"):  # the reference's NumPy warns about NaN and inf
             expected = getattr(self.ref, method)(*args)
         actual = getattr(self.fast, method)(*args)
         for before, after in zip(kept, args, strict=True):
-            assert _equal(before, after), f"{method} modified its argument"
+            assert same_value(before, after), f"{method} modified its argument"
         self.compare(actual, expected, method)
         self.compare_state()
         if method == "forward":
@@ -241,7 +209,7 @@ class Pair:
         for before, after in zip(params_before, params_after, strict=True):
             assert all(a is b for a, b in zip(before, after, strict=True)), "params changed"
         for (label, before), (_, after) in zip(state_before, state_after, strict=True):
-            assert _equal(before, after), f"{label} changed by a call that raised"
+            assert same_value(before, after), f"{label} changed by a call that raised"
         return error
 
     def recover(self):

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from _support import DTYPES, TOLERANCE, assert_close
+from _support import (
+    DTYPES,
+    TOLERANCE,
+    KernelSpy,
+    assert_close,
+    copy_arg,
+    other_float,
+    same_value,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
@@ -48,10 +56,6 @@ def global_seed():
 
 def randn(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
-
-
-def other_float(dtype):
-    return np.dtype(np.float32 if np.dtype(dtype) == np.float64 else np.float64)
 
 
 def assert_loss(actual, expected, dtype, what="loss"):
@@ -969,43 +973,14 @@ def test_language_model_step_property(N, T, D, V, dtype, tied, ignored, seed):
 N, T, D, M, V = 2, 3, 4, 5, 6
 
 
-class KernelSpy:
-    """Counts calls of the compiled kernels (installed by the ``kernel_spy`` fixture)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def wrap(self, kernel):
-        def counted(*args):
-            self.calls += 1
-            return kernel(*args)
-
-        return counted
-
-
 @pytest.fixture
 def kernel_spy(monkeypatch):
-    spy = KernelSpy()
-    for name, value in list(vars(kernels_module).items()):
-        if isinstance(value, Dispatcher) and not name.startswith("_"):
-            monkeypatch.setattr(kernels_module, name, spy.wrap(value))
-    return spy
-
-
-def _copy_arg(value):
-    return value.copy() if isinstance(value, np.ndarray) else copy.deepcopy(value)
-
-
-def _equal(a, b):
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (
-            isinstance(a, np.ndarray)
-            and isinstance(b, np.ndarray)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-        )
-    return a is b or a == b
+    public_kernels = [
+        name
+        for name, value in vars(kernels_module).items()
+        if isinstance(value, Dispatcher) and not name.startswith("_")
+    ]
+    return KernelSpy().install(monkeypatch, kernels_module, public_kernels)
 
 
 class Pair:
@@ -1078,7 +1053,7 @@ class Pair:
 
     def same(self, method, *args):
         """Call ``method`` on both layers; outputs and state must agree."""
-        kept = [_copy_arg(a) for a in args]
+        kept = [copy_arg(a) for a in args]
         calls = self.spy.calls
         if method == "forward":
             np.random.seed(self.seed)
@@ -1088,7 +1063,7 @@ class Pair:
             np.random.seed(self.seed)
         actual = getattr(self.fast, method)(*args)
         for before, after in zip(kept, args, strict=True):
-            assert _equal(before, after), f"{method} modified its argument"
+            assert same_value(before, after), f"{method} modified its argument"
         if method == "forward":
             self.last_forward = (args[0].shape[0], args[0].shape[1])
             involved = [*args, *self.fast.params]
@@ -1107,7 +1082,7 @@ class Pair:
         """``method`` must raise exactly ``exc_type`` naming ``needles``, changing nothing:
         no kernel call, no draw from the random state, the same params, grads and mask."""
         params_before = list(self.fast.params)
-        state_before = [(label, _copy_arg(v)) for label, v in self.state(self.fast)]
+        state_before = [(label, copy_arg(v)) for label, v in self.state(self.fast)]
         random_before = np.random.get_state()[1].copy()
         calls = self.spy.calls
         with pytest.raises(exc_type) as info:
@@ -1123,7 +1098,7 @@ class Pair:
         np.testing.assert_array_equal(np.random.get_state()[1], random_before)
         assert all(a is b for a, b in zip(params_before, self.fast.params, strict=True))
         for (label, before), (_, after) in zip(state_before, self.state(self.fast), strict=True):
-            assert _equal(before, after), f"{label} changed by a call that raised"
+            assert same_value(before, after), f"{label} changed by a call that raised"
         return error
 
     def restore_params(self):
