@@ -69,6 +69,7 @@ from fastrnn._cli import (
     GATES,
     ForeignLoad,
     Shape,
+    call_for,
     format_machine_info,
     forward_backward,
     layer_name,
@@ -656,13 +657,7 @@ def loop(layer: str, shape: Shape, dtype, seconds: float) -> None:
         getattr(fastrnn, layer)(*make_params(layer, shape, dtype, rng)),
         *make_data(layer, shape, dtype, rng),
     )
-    run()  # compile
-    calls = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        run()
-        calls += 1
-    elapsed = time.perf_counter() - start
+    calls, elapsed = call_for(run, seconds)
     print(
         f"{layer} {shape.label} {np.dtype(dtype).name}: {calls} forward+backward calls in "
         f"{elapsed:.2f} s, {1e3 * elapsed / max(calls, 1):.3f} ms per call"

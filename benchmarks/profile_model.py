@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 
 from book_models import (
     MODELS,
@@ -51,6 +50,7 @@ from book_models import (
 
 from fastrnn._cli import (
     ForeignLoad,
+    call_for,
     format_machine_info,
     format_ms,
     format_table,
@@ -113,13 +113,7 @@ def loop(name: str, variant: str, seconds: float, generate: bool) -> None:
             trainer.step(xs, ts)
 
         what = "training steps"
-    run()  # compile, allocate
-    calls = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        run()
-        calls += 1
-    elapsed = time.perf_counter() - start
+    calls, elapsed = call_for(run, seconds)
     print(
         f"{name} on {variant}: {calls} {what} in {elapsed:.2f} s, "
         f"{1e3 * elapsed / max(calls, 1):.2f} ms per call"

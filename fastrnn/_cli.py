@@ -534,6 +534,18 @@ def time_rounds(fn: Callable[[], object], rounds: int) -> list[float]:
     return times
 
 
+def call_for(fn: Callable[[], object], seconds: float) -> tuple[int, float]:
+    """Call ``fn`` once to warm up, then repeatedly for about ``seconds`` (a loop for
+    cProfile and py-spy); returns the timed calls and the seconds they took."""
+    fn()
+    calls = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    return calls, time.perf_counter() - start
+
+
 def rounds_for(estimate: float, max_rounds: int, budget: float, min_rounds: int = 3) -> int:
     """How many rounds fit in ``budget`` seconds, between ``min_rounds`` and ``max_rounds``.
 
