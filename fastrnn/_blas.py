@@ -19,7 +19,8 @@ own names, which the kernels declare as external functions. The integer width of
 library's interface (LP64 or ILP64) is read off the library and decides the declaration.
 
 Where NumPy's library cannot be bound (an unknown BLAS, or ``FASTRNN_BLAS=scipy``), the
-kernels fall back to Numba's route through SciPy's BLAS, with one :class:`RuntimeWarning`.
+kernels fall back to Numba's route through SciPy's BLAS, with one :class:`RuntimeWarning`
+(SciPy is then needed: the optional extra ``fastrnn[scipy]``).
 
 The route and integer width are part of every cached kernel's key
 (:func:`fastrnn._jit.add_cache_key`), so a kernel compiled for one library is never loaded
@@ -210,7 +211,13 @@ _jit.add_cache_key(f"blas:{BINDING.route}:{BINDING.int_bits}")
 if BINDING.route == "scipy":
     from numba.np.linalg import ensure_blas
 
-    ensure_blas()  # a clear ImportError now if SciPy (Numba's BLAS provider) is missing
+    try:
+        ensure_blas()  # SciPy provides Numba's BLAS; without it no kernel could run
+    except ImportError as error:
+        raise ImportError(
+            f"fastrnn: NumPy's BLAS cannot be used ({BINDING.reason}), and the fallback "
+            "route needs SciPy, which is not installed: pip install 'fastrnn[scipy]'"
+        ) from error
     _warn_fallback(BINDING)
 
 

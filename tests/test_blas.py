@@ -113,6 +113,41 @@ def test_fallback_when_numpys_blas_cannot_be_found():
     assert "found no BLAS library" in result["warnings"][0][1]
 
 
+# Makes ``import scipy`` fail in a child process, as on a machine without SciPy.
+_WITHOUT_SCIPY = """
+import sys, importlib.abc
+class _NoSciPy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ImportError("SciPy is not installed (blocked by the test)")
+sys.meta_path.insert(0, _NoSciPy())
+"""
+
+
+def test_the_default_route_needs_no_scipy():
+    """SciPy is an optional extra: without it, the layers run and SciPy is never imported
+    (Numba would otherwise import scipy.linalg when it loads the first kernel)."""
+    code = _WITHOUT_SCIPY + _LAYER_CHECK + 'result["scipy_imported"] = "scipy" in sys.modules\n'
+    result = _run_child(code)
+    assert result["route"] == "numpy"
+    assert result["scipy_imported"] is False
+    assert result["warnings"] == []
+
+
+def test_the_fallback_without_scipy_says_which_extra_to_install():
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_SCIPY + "import fastrnn"],
+        env=dict(os.environ, FASTRNN_BLAS="scipy"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: fastrnn: NumPy's BLAS cannot be used")
+    assert "FASTRNN_BLAS=scipy" in last_line and "pip install 'fastrnn[scipy]'" in last_line
+
+
 def test_unknown_route_is_refused():
     proc = subprocess.run(
         [sys.executable, "-c", "import fastrnn"],
