@@ -37,7 +37,7 @@ import numpy as np
 
 from . import _kernels as kernels
 
-__all__ = ["Plan", "PLAN_VARIABLE", "forget", "pin", "plan", "plans"]
+__all__ = ["Plan", "PLAN_VARIABLE", "forget", "generation", "pin", "plan", "plans"]
 
 PLAN_VARIABLE = "FASTRNN_PLAN"
 FORWARD_ROUTES = ("direct", "transposed")
@@ -226,11 +226,13 @@ class _Planner:
         self._times: dict[tuple, StepTimes] = {}
         self._chosen: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
+        self.generation = 0  # counts pin() and forget(): plans made before are stale
         self.pin(pins)
 
     def pin(self, text: str) -> None:
         self._static, self._pins = _parse_pins(text)
         self._chosen.clear()
+        self.generation += 1
 
     def plan(self, gates: int, N: int, T: int, H: int, dtype) -> Plan:
         key = (gates, N, T, H, np.dtype(dtype).str)
@@ -268,6 +270,7 @@ class _Planner:
     def forget(self) -> None:
         self._chosen.clear()
         self._times.clear()
+        self.generation += 1
 
 
 _PLANNER = _Planner(os.environ.get(PLAN_VARIABLE, ""))
@@ -279,6 +282,12 @@ def plan(gates: int, N: int, T: int, H: int, dtype) -> Plan:
     Measured the first time (gates, N, H, dtype) is seen, unless pinned.
     """
     return _PLANNER.plan(gates, N, T, H, dtype)
+
+
+def generation() -> int:
+    """Changes whenever plans made so far may no longer hold (:func:`pin`, :func:`forget`),
+    so that callers that keep a plan know when to ask again."""
+    return _PLANNER.generation
 
 
 def pin(text: str) -> None:

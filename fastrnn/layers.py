@@ -19,9 +19,12 @@ Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``H`` hidden size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import _kernels as kernels
+from ._planner import generation as plan_generation
 from ._planner import plan
 from ._validation import (
     check_grads,
@@ -52,6 +55,7 @@ class _Recurrence:
     def __init__(self):
         self.ws = Workspace()
         self.saved = None  # what the last forward left for backward
+        self._forward_views = None  # (shape key, _ForwardViews) of the last forward
 
     def forward(self, xs, Wx, Wh, b, h0, c0):
         """Run the sequence ``xs`` (N, T, D), starting from ``h0`` (and ``c0``).
@@ -62,32 +66,54 @@ class _Recurrence:
         N, T, D = xs.shape
         H = Wh.shape[0]
         dtype = Wx.dtype
+        views = self._views_for(N, T, D, H, dtype)
+        np.copyto(views.xs_tm, xs.transpose(1, 0, 2), casting="same_kind")
+        _set_initial(views.h_hist[0], h0)
+        if views.c_hist is not None:
+            _set_initial(views.c_hist[0], c0)
+        if views.routes.forward_transposes:
+            np.copyto(views.WhT, Wh.T)  # every call: Wh may have changed in place
+        hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
+        self._run_forward(hs, views, Wx, Wh, b)
+        saved = self.saved
+        if saved is None or saved["views"] is not views:
+            saved = self.saved = dict(
+                xs=views.xs_tm,
+                h_hist=views.h_hist,
+                c_hist=views.c_hist,
+                activations=views.activations,
+                routes=views.routes,
+                views=views,
+            )
+        saved.update(Wx=Wx, Wh=Wh, b=b)
+        c_last = None if views.c_hist is None else views.c_hist[T]
+        return hs, views.h_hist[T], c_last
+
+    def _views_for(self, N, T, D, H, dtype):
+        """The forward's workspace views and plan for this shape.
+
+        Remembered for the next call at the same shape, so that a loop of calls (a decoder
+        runs thousands at N = T = 1) costs one comparison here instead of a dozen lookups.
+        """
+        key = (N, T, D, H, dtype, plan_generation())
+        last = self._forward_views
+        if last is not None and last[0] == key:
+            return last[1]
         ws = self.ws
-        xs_tm = ws.take("xs", (T, N, D), dtype)
-        np.copyto(xs_tm, xs.transpose(1, 0, 2), casting="same_kind")
-        h_hist = ws.take("h_hist", (T + 1, N, H), dtype)
-        _set_initial(h_hist[0], h0)
-        c_hist = None
-        if self.has_cell_state:
-            c_hist = ws.take("c_hist", (T + 1, N, H), dtype)
-            _set_initial(c_hist[0], c0)
         # The planner decides whether the per-step products run against a copy of Wh.T.
         routes = plan(self.gates, N, T, H, dtype)
-        WhT = self._transposed_weights(Wh, routes.forward_transposes)
-        scratchT = ws.take("scratchT", (WhT.shape[0], N), dtype)
-        hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
-        activations = self._run_forward(hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT)
-        self.saved = dict(
-            xs=xs_tm,
-            h_hist=h_hist,
-            c_hist=c_hist,
-            Wx=Wx,
-            Wh=Wh,
-            b=b,
-            activations=activations,
+        WhT = ws.take("WhT", (self.gates * H if routes.forward_transposes else 0, H), dtype)
+        views = _ForwardViews(
+            xs_tm=ws.take("xs", (T, N, D), dtype),
+            h_hist=ws.take("h_hist", (T + 1, N, H), dtype),
+            c_hist=ws.take("c_hist", (T + 1, N, H), dtype) if self.has_cell_state else None,
+            WhT=WhT,
+            scratchT=ws.take("scratchT", (WhT.shape[0], N), dtype),
             routes=routes,
+            activations=self._activation_views(T, N, H, dtype),
         )
-        return hs, h_hist[T], (None if c_hist is None else c_hist[T])
+        self._forward_views = (key, views)
+        return views
 
     def backward(self, dhs, grads, dh_last, dc_last):
         """Backpropagate ``dhs`` (N, T, H) through the last forward.
@@ -139,11 +165,28 @@ class _Recurrence:
         """The parameter arrays the last forward used, which backward will use too."""
         return [self.saved[name] for name in ("Wx", "Wh", "b")]
 
-    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
+    def _activation_views(self, T, N, H, dtype) -> dict:
+        """Workspace views for what the forward kernel saves besides the states."""
+        return {}
+
+    def _run_forward(self, hs, views, Wx, Wh, b):
         raise NotImplementedError
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _ForwardViews:
+    """What a forward at one shape runs on: workspace views and the planner's routes."""
+
+    xs_tm: np.ndarray  # (T, N, D)
+    h_hist: np.ndarray  # (T + 1, N, H)
+    c_hist: np.ndarray | None  # (T + 1, N, H), LSTM only
+    WhT: np.ndarray  # (G*H, H), or (0, H) when the forward products use Wh itself
+    scratchT: np.ndarray  # (G*H or 0, N)
+    routes: object  # the planner's Plan
+    activations: dict  # the cell's saved activations, by name
 
 
 def _set_initial(buffer, value):
@@ -156,9 +199,8 @@ def _set_initial(buffer, value):
 class _RNNRecurrence(_Recurrence):
     gates = 1
 
-    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
-        kernels.rnn_forward(hs, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
-        return {}
+    def _run_forward(self, hs, views, Wx, Wh, b):
+        kernels.rnn_forward(hs, views.h_hist, views.scratchT, views.xs_tm, Wx, Wh, b, views.WhT)
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         dA = self.ws.take("dA", (dhs.shape[1], dhs.shape[0], dhs.shape[2]), dh.dtype)
@@ -182,13 +224,27 @@ class _LSTMRecurrence(_Recurrence):
     gates = 4
     has_cell_state = True
 
-    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
-        T, N, _ = xs_tm.shape
-        H = Wh.shape[0]
-        gates = self.ws.take("gates", (T, N, 4 * H), Wx.dtype)
-        tanh_c = self.ws.take("tanh_c", (T, N, H), Wx.dtype)
-        kernels.lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
-        return dict(gates=gates, tanh_c=tanh_c)
+    def _activation_views(self, T, N, H, dtype):
+        return dict(
+            gates=self.ws.take("gates", (T, N, 4 * H), dtype),
+            tanh_c=self.ws.take("tanh_c", (T, N, H), dtype),
+        )
+
+    def _run_forward(self, hs, views, Wx, Wh, b):
+        act = views.activations
+        kernels.lstm_forward(
+            hs,
+            act["gates"],
+            views.c_hist,
+            act["tanh_c"],
+            views.h_hist,
+            views.scratchT,
+            views.xs_tm,
+            Wx,
+            Wh,
+            b,
+            views.WhT,
+        )
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         act = saved["activations"]
@@ -216,13 +272,18 @@ class _LSTMRecurrence(_Recurrence):
 class _GRURecurrence(_Recurrence):
     gates = 3
 
-    def _run_forward(self, hs, xs_tm, h_hist, c_hist, Wx, Wh, b, WhT, scratchT):
-        T, N, _ = xs_tm.shape
-        H = Wh.shape[0]
-        gates = self.ws.take("gates", (T, N, 3 * H), Wx.dtype)
-        rh = self.ws.take("rh", (T, N, H), Wx.dtype)
-        kernels.gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, Wx, Wh, b, WhT)
-        return dict(gates=gates, rh=rh)
+    def _activation_views(self, T, N, H, dtype):
+        return dict(
+            gates=self.ws.take("gates", (T, N, 3 * H), dtype),
+            rh=self.ws.take("rh", (T, N, H), dtype),
+        )
+
+    def _run_forward(self, hs, views, Wx, Wh, b):
+        act = views.activations
+        kernels.gru_forward(
+            hs, act["gates"], act["rh"], views.h_hist, views.scratchT, views.xs_tm, Wx, Wh, b,
+            views.WhT,
+        )  # fmt: skip
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         act = saved["activations"]
@@ -245,6 +306,11 @@ class _GRURecurrence(_Recurrence):
             WhT,
             route,
         )
+
+
+def _layout(arrays) -> tuple:
+    """Shapes, strides and dtypes of ``arrays``: all an array can change in place."""
+    return tuple((a.shape, a.strides, a.dtype) for a in arrays)
 
 
 def _to_batch_major(tm):
@@ -273,6 +339,7 @@ class _TimeLayer:
         self.stateful = stateful
         self._engine = self._recurrence()
         self._last_shape = None  # (N, T, H) of the last forward, which backward must match
+        self._last_call = None  # what the last forward validated (see _repeated_call)
         if self._engine.has_cell_state:
             self.c = None
 
@@ -308,12 +375,59 @@ class _TimeLayer:
                 c0 = self.c
         return xs, Wx, Wh, b, h0, c0
 
+    def _repeated_call(self, xs):
+        """The checked arguments of ``forward(xs)`` if the call repeats the last one, else
+        None (check afresh).
+
+        A repeat has the same parameter objects, with the shapes, strides and dtypes they
+        had; an ``xs`` of the shape and dtype that was checked; and, when stateful, the very
+        state arrays the last call left, unchanged in shape and dtype. The checks of
+        :meth:`_check_forward` hold for it, and it skips them: a decoding loop calls with
+        N = T = 1 thousands of times, where they cost as much as the kernel.
+        """
+        last = self._last_call
+        if last is None or type(xs) is not np.ndarray:
+            return None
+        params = self.params
+        if type(params) is not list or len(params) != 3:
+            return None
+        Wx, Wh, b = params
+        if Wx is not last[0] or Wh is not last[1] or b is not last[2]:
+            return None
+        if xs.shape != last[3] or xs.dtype != last[4] or _layout(params) != last[5]:
+            return None
+        h0 = c0 = None
+        if self.stateful:
+            h0, c0 = self.h, getattr(self, "c", None)
+            if h0 is not last[6] or c0 is not last[7]:
+                return None
+            for state in (h0, c0):
+                if state is not None and (state.shape != last[8] or state.dtype != Wx.dtype):
+                    return None
+        return xs, Wx, Wh, b, h0, c0
+
     def _run_forward(self, xs, Wx, Wh, b, h0, c0):
         hs, h_last, c_last = self._engine.forward(xs, Wx, Wh, b, h0, c0)
         self.h = h_last.copy()
         if c_last is not None:
             self.c = c_last.copy()
         self._last_shape = hs.shape
+        params = self.params
+        if (
+            type(params) is list
+            and len(params) == 3
+            and params[0] is Wx
+            and params[1] is Wh
+            and params[2] is b
+        ):
+            # The parameters were used as they are (not as contiguous copies): a repeat of
+            # this call may skip the checks.
+            self._last_call = (
+                *params, xs.shape, xs.dtype, _layout(params), self.h, getattr(self, "c", None),
+                self.h.shape,
+            )  # fmt: skip
+        else:
+            self._last_call = None
         return hs
 
     def forward(self, xs):
@@ -329,7 +443,10 @@ class _TimeLayer:
         hs : (N, T, H) array
             The hidden state after every step, a fresh array in the parameters' dtype.
         """
-        return self._run_forward(*self._check_forward(xs))
+        args = self._repeated_call(xs)
+        if args is None:
+            args = self._check_forward(xs)
+        return self._run_forward(*args)
 
     def _check_backward(self, dhs, width_factor=1):
         """Validate a backward call against the last forward. Changes nothing."""
