@@ -20,6 +20,7 @@ Shapes: ``N`` batch, ``T`` time steps, ``D`` input size, ``H`` hidden size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -308,6 +309,20 @@ class _GRURecurrence(_Recurrence):
         )
 
 
+class _CheckedCall(NamedTuple):
+    """What a checked forward ran with, and the states it left (see ``_repeated_call``)."""
+
+    Wx: np.ndarray
+    Wh: np.ndarray
+    b: np.ndarray
+    xs_shape: tuple
+    xs_dtype: np.dtype
+    layout: tuple  # _layout of the parameters
+    h: np.ndarray  # the states the call left
+    c: np.ndarray | None
+    state_shape: tuple  # (N, H)
+
+
 def _layout(arrays) -> tuple:
     """Shapes, strides and dtypes of ``arrays``: all an array can change in place."""
     return tuple((a.shape, a.strides, a.dtype) for a in arrays)
@@ -392,17 +407,21 @@ class _TimeLayer:
         if type(params) is not list or len(params) != 3:
             return None
         Wx, Wh, b = params
-        if Wx is not last[0] or Wh is not last[1] or b is not last[2]:
+        if Wx is not last.Wx or Wh is not last.Wh or b is not last.b:
             return None
-        if xs.shape != last[3] or xs.dtype != last[4] or _layout(params) != last[5]:
+        if xs.shape != last.xs_shape or xs.dtype != last.xs_dtype:
+            return None
+        if _layout(params) != last.layout:
             return None
         h0 = c0 = None
         if self.stateful:
             h0, c0 = self.h, getattr(self, "c", None)
-            if h0 is not last[6] or c0 is not last[7]:
+            if h0 is not last.h or c0 is not last.c:
                 return None
             for state in (h0, c0):
-                if state is not None and (state.shape != last[8] or state.dtype != Wx.dtype):
+                if state is not None and (
+                    state.shape != last.state_shape or state.dtype != Wx.dtype
+                ):
                     return None
         return xs, Wx, Wh, b, h0, c0
 
@@ -412,6 +431,10 @@ class _TimeLayer:
         if c_last is not None:
             self.c = c_last.copy()
         self._last_shape = hs.shape
+        return hs
+
+    def _remember_call(self, xs, Wx, Wh, b):
+        """Record a checked forward, for :meth:`_repeated_call`."""
         params = self.params
         if (
             type(params) is list
@@ -420,15 +443,14 @@ class _TimeLayer:
             and params[1] is Wh
             and params[2] is b
         ):
-            # The parameters were used as they are (not as contiguous copies): a repeat of
-            # this call may skip the checks.
-            self._last_call = (
-                *params, xs.shape, xs.dtype, _layout(params), self.h, getattr(self, "c", None),
+            # The parameters ran as they are (not as contiguous copies): a repeat of this
+            # call may skip the checks.
+            self._last_call = _CheckedCall(
+                Wx, Wh, b, xs.shape, xs.dtype, _layout(params), self.h, getattr(self, "c", None),
                 self.h.shape,
             )  # fmt: skip
         else:
             self._last_call = None
-        return hs
 
     def forward(self, xs):
         """Run the layer over a batch of sequences.
@@ -446,7 +468,13 @@ class _TimeLayer:
         args = self._repeated_call(xs)
         if args is None:
             args = self._check_forward(xs)
-        return self._run_forward(*args)
+            hs = self._run_forward(*args)
+            self._remember_call(*args[:4])
+        else:
+            hs = self._run_forward(*args)
+            # the same call, but for the states it leaves
+            self._last_call = self._last_call._replace(h=self.h, c=getattr(self, "c", None))
+        return hs
 
     def _check_backward(self, dhs, width_factor=1):
         """Validate a backward call against the last forward. Changes nothing."""
