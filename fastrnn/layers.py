@@ -52,6 +52,8 @@ class _Recurrence:
 
     gates = 1
     has_cell_state = False
+    #: What the forward kernel keeps per step for BPTT besides the states and the gates.
+    step_activations: tuple[str, ...] = ()
 
     def __init__(self):
         self.ws = Workspace()
@@ -167,8 +169,14 @@ class _Recurrence:
         return [self.saved[name] for name in ("Wx", "Wh", "b")]
 
     def _activation_views(self, T, N, H, dtype) -> dict:
-        """Workspace views for what the forward kernel saves besides the states."""
-        return {}
+        """Workspace views for what the forward kernel saves besides the states: the
+        activated gates (T, N, G*H) and the cell's :attr:`step_activations`, (T, N, H) each."""
+        if not self.step_activations:
+            return {}
+        views = {"gates": self.ws.take("gates", (T, N, self.gates * H), dtype)}
+        for name in self.step_activations:
+            views[name] = self.ws.take(name, (T, N, H), dtype)
+        return views
 
     def _run_forward(self, hs, views, Wx, Wh, b):
         raise NotImplementedError
@@ -224,12 +232,7 @@ class _RNNRecurrence(_Recurrence):
 class _LSTMRecurrence(_Recurrence):
     gates = 4
     has_cell_state = True
-
-    def _activation_views(self, T, N, H, dtype):
-        return dict(
-            gates=self.ws.take("gates", (T, N, 4 * H), dtype),
-            tanh_c=self.ws.take("tanh_c", (T, N, H), dtype),
-        )
+    step_activations = ("tanh_c",)
 
     def _run_forward(self, hs, views, Wx, Wh, b):
         act = views.activations
@@ -272,12 +275,7 @@ class _LSTMRecurrence(_Recurrence):
 
 class _GRURecurrence(_Recurrence):
     gates = 3
-
-    def _activation_views(self, T, N, H, dtype):
-        return dict(
-            gates=self.ws.take("gates", (T, N, 3 * H), dtype),
-            rh=self.ws.take("rh", (T, N, H), dtype),
-        )
+    step_activations = ("rh",)
 
     def _run_forward(self, hs, views, Wx, Wh, b):
         act = views.activations
