@@ -38,6 +38,9 @@ How the numbers are made
   implementation is therefore warmed up for a quarter of a second (or the process sleeps
   that long when one call takes longer than that); for the time-layer table, where PyTorch
   never runs, a tenth of a second.
+* The reference's and fastrnn's rounds are interleaved (:func:`measure_interleaved`), so a
+  burst of load from elsewhere slows both alike; PyTorch's rounds follow as a block, as
+  its threads would otherwise spin into the next call of the others.
 * The ``other load`` column is the number of cores other processes kept busy while a row
   was measured (from ``/proc/stat``, Linux only). Rows above 0.25 are marked ``!``: with a
   multithreaded BLAS, one busy core can make fastrnn (and PyTorch) several times slower,
@@ -569,6 +572,33 @@ def measure(
     return time_rounds(fn, rounds_for(estimate, max_rounds, budget))
 
 
+def measure_interleaved(
+    fns: Sequence[Callable[[], object]],
+    max_rounds: int,
+    budget: float,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> list[list[float]]:
+    """:func:`measure` for several functions at once, their rounds interleaved.
+
+    Each function is settled and gets as many rounds as ``budget`` allows it; then round
+    ``r`` times one call of each function that has an ``r``-th round, in order. A burst of
+    load from elsewhere (this VM's speed drifted by half within minutes) then slows every
+    function alike instead of the one whose block it fell on, and the ratios of their
+    medians hold. Only for functions that share one thread pool (NumPy's BLAS): another
+    library's pool would spin after its call into the next one's.
+    """
+    estimates = [settle(fn, settle_seconds) for fn in fns]
+    rounds = [rounds_for(estimate, max_rounds, budget) for estimate in estimates]
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(max(rounds, default=0)):
+        for fn, wanted, samples in zip(fns, rounds, times, strict=True):
+            if r < wanted:
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
+    return times
+
+
 class ForeignLoad:
     """How many cores other processes kept busy since :meth:`start` (Linux; else None).
 
@@ -908,8 +938,11 @@ def run_case(
     fast_layer = build_layer(fastrnn, layer, params)
     check = compare(run_once(fast_layer, xs, dhs), run_once(ref_layer, xs, dhs), dtype)
 
-    ref_times = measure(forward_backward(ref_layer, xs, dhs), max_rounds, budget)
-    fast_times = measure(forward_backward(fast_layer, xs, dhs), max_rounds, budget)
+    ref_times, fast_times = measure_interleaved(
+        [forward_backward(ref_layer, xs, dhs), forward_backward(fast_layer, xs, dhs)],
+        max_rounds,
+        budget,
+    )
     torch_times = {}
     if torch_thread_counts:
         run_torch = torch_runner(layer, shape, dtype)
@@ -995,8 +1028,9 @@ def run_time_layer_case(
     load = ForeignLoad().start()
     check, reference_pass, fastrnn_pass = check_time_layer(case, dtype)
     settle_seconds = TIME_LAYER_SETTLE_SECONDS
-    ref_times = measure(reference_pass, max_rounds, budget, settle_seconds)
-    fast_times = measure(fastrnn_pass, max_rounds, budget, settle_seconds)
+    ref_times, fast_times = measure_interleaved(
+        [reference_pass, fastrnn_pass], max_rounds, budget, settle_seconds
+    )
     return TimeLayerResult(case, check, ref_times, fast_times, load.cores())
 
 

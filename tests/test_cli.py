@@ -132,3 +132,24 @@ def test_a_failing_time_layer_check_fails_the_run(capsys, monkeypatch):
     assert status == 1
     assert "FAIL (dxs)" in out
     assert "FAILED: 1 of 1 checks" in out
+
+
+def test_measure_interleaves_the_rounds(monkeypatch):
+    """After warming each function up, round r calls each function that has an r-th round,
+    in order; slower functions get fewer rounds."""
+    calls = []
+    monkeypatch.setattr(_cli, "settle", lambda fn, seconds: fn.estimate)
+
+    def maker(name, estimate):
+        def fn():
+            calls.append(name)
+
+        fn.estimate = estimate
+        return fn
+
+    slow, fast = maker("slow", 0.05), maker("fast", 0.01)
+    times = _cli.measure_interleaved([slow, fast], max_rounds=50, budget=0.2)
+    assert [len(t) for t in times] == [4, 20]  # budget / estimate, within [3, 50]
+    assert calls[:8] == ["slow", "fast"] * 4
+    assert calls[8:] == ["fast"] * 16
+    assert all(t >= 0 for t in times[0] + times[1])
