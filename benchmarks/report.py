@@ -212,10 +212,7 @@ class Speedups:
 
 def layer_section(entries: list[Entry], peak: float | None) -> tuple[list[str], list[Speedups]]:
     """The forward+backward table, and the speedups it shows."""
-    groups: dict[str, dict[str, Entry]] = defaultdict(dict)
-    for e in entries:
-        if e.kind == "layer":
-            groups[e.group][e.impl] = e
+    groups = _groups(entries, "layer")
     if not groups:
         return [], []
     impls = _ordered({impl for g in groups.values() for impl in g})
@@ -232,29 +229,18 @@ def layer_section(entries: list[Entry], peak: float | None) -> tuple[list[str], 
         gflops = fast.gflops if fast else None
         share = f"{100 * gflops / peak:.0f}%" if gflops and peak else "–"
         rows.append(
-            [group]
-            + [
-                format_time(by_impl[i].median) + (BUSY_MARK if by_impl[i].busy else "")
-                if i in by_impl
-                else "–"
-                for i in impls
-            ]
+            [group, *[_median_cell(by_impl.get(i)) for i in impls]]
             + [format_ratio(over_ref), format_ratio(over_torch)]
             + [f"{gflops:.1f}" if gflops else "–", share]
         )
         speedups.append(Speedups(group, over_ref, over_torch))
-    lines = ["## Forward + backward, median per call", ""]
-    lines.append(markdown_table(headers, rows))
-    lines += [
-        "",
+    note = (
         "Speedups are ratios of medians (> 1: fastrnn is faster); _vs torch_ uses PyTorch's "
         "best thread setting. GFLOP/s count the matrix products only. PyTorch's GRU applies "
         "the reset gate after the recurrent product (the book's before): same products, "
-        "different outputs.",
-    ]
-    if any(e.busy for g in groups.values() for e in g.values()):
-        lines += ["", BUSY_NOTE]
-    return lines, speedups
+        "different outputs."
+    )
+    return _section("Forward + backward, median per call", headers, rows, note, groups), speedups
 
 
 def efficiency_section(entries: list[Entry], peak: float | None) -> list[str]:
@@ -270,6 +256,16 @@ def efficiency_section(entries: list[Entry], peak: float | None) -> list[str]:
     lines.append(
         markdown_table(["group", "implementation", "median", "GFLOP/s", "% of sgemm peak"], rows, 2)
     )
+    return lines
+
+
+def _section(
+    title: str, headers: list[str], rows: list[list[str]], note: str, groups: dict
+) -> list[str]:
+    """A titled table with its note, and the busy-machine note when a row needs it."""
+    lines = [f"## {title}", "", markdown_table(headers, rows), "", note]
+    if any(e.busy for g in groups.values() for e in g.values()):
+        lines += ["", BUSY_NOTE]
     return lines
 
 
@@ -299,16 +295,12 @@ def time_layer_section(entries: list[Entry]) -> list[str]:
         fast, ref = by_impl.get("fastrnn"), by_impl.get("reference")
         over_ref = ref.median / fast.median if fast and ref else None
         rows.append([group, *[_median_cell(by_impl.get(i)) for i in impls], format_ratio(over_ref)])
-    lines = ["## Other time layers: forward + backward, median per call", ""]
-    lines.append(markdown_table(["group", *impls, "fastrnn vs reference"], rows))
-    lines += [
-        "",
+    note = (
         "Speedups are ratios of medians (> 1: fastrnn is faster). tied: TimeAffine's W is "
-        "E.T, a transposed view, as weight tying passes it; p: TimeDropout's ratio.",
-    ]
-    if any(e.busy for g in groups.values() for e in g.values()):
-        lines += ["", BUSY_NOTE]
-    return lines
+        "E.T, a transposed view, as weight tying passes it; p: TimeDropout's ratio."
+    )
+    title = "Other time layers: forward + backward, median per call"
+    return _section(title, ["group", *impls, "fastrnn vs reference"], rows, note, groups)
 
 
 def model_section(entries: list[Entry]) -> list[str]:
@@ -330,19 +322,15 @@ def model_section(entries: list[Entry]) -> list[str]:
                 cell += f" ({format_ratio(ref.median / e.median)})"
             cells.append(cell)
         rows.append([label, *cells])
-    lines = ["## The book's models: median per training step or generation", ""]
-    lines.append(markdown_table(["model", *impls], rows))
-    lines += [
-        "",
+    note = (
         "In parentheses: speedup over the all-reference layer set (> 1: faster). "
         "_recurrent_: the reference layers with fastrnn's recurrent ones; _fastrnn_: every "
         "layer from fastrnn.time_layers. A generation produces the ids in parentheses, one "
         "N=1, T=1 call per layer and id. `benchmarks/compare_models.py` measures the same "
-        "interleaved, with a per-layer breakdown.",
-    ]
-    if any(e.busy for g in groups.values() for e in g.values()):
-        lines += ["", BUSY_NOTE]
-    return lines
+        "interleaved, with a per-layer breakdown."
+    )
+    title = "The book's models: median per training step or generation"
+    return _section(title, ["model", *impls], rows, note, groups)
 
 
 def decode_section(entries: list[Entry]) -> list[str]:
@@ -356,9 +344,7 @@ def decode_section(entries: list[Entry]) -> list[str]:
     for impl in _ordered(decode):
         e = decode[impl]
         ratio = e.median / baseline.median if baseline else None
-        rows.append(
-            [impl, format_time(e.median) + (BUSY_MARK if e.busy else ""), format_ratio(ratio)]
-        )
+        rows.append([impl, _median_cell(e), format_ratio(ratio)])
     lines = [f"## Decoding step: {group}", ""]
     lines.append(markdown_table(["implementation", "median", f"time / {DECODE_BASELINE}"], rows))
     if baseline and "fastrnn" in decode:

@@ -143,14 +143,17 @@ TOLERANCE = {
 }
 
 
+def _canonical_name(aliases: dict[str, str], text: str, choices: str) -> str:
+    """``aliases[text]``, case and spaces ignored; else a ValueError listing ``choices``."""
+    try:
+        return aliases[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown layer {text!r}; choose from {choices}") from None
+
+
 def layer_name(text: str) -> str:
     """The canonical layer name for ``text``: ``lstm``, ``TimeLSTM`` -> ``"TimeLSTM"``."""
-    try:
-        return _LAYER_ALIASES[text.strip().lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown layer {text!r}; choose from rnn, lstm, gru, bilstm (or {', '.join(LAYERS)})"
-        ) from None
+    return _canonical_name(_LAYER_ALIASES, text, f"rnn, lstm, gru, bilstm (or {', '.join(LAYERS)})")
 
 
 def output_width(layer: str, H: int) -> int:
@@ -252,13 +255,8 @@ PassMaker = Callable[[object], Pass]
 
 def time_layer_name(text: str) -> str:
     """The canonical name of a non-recurrent time layer: ``affine`` -> ``"TimeAffine"``."""
-    try:
-        return _TIME_LAYER_ALIASES[text.strip().lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown layer {text!r}; choose from {', '.join(TIME_LAYERS)} "
-            "(case-insensitive, 'Time' optional)"
-        ) from None
+    choices = f"{', '.join(TIME_LAYERS)} (case-insensitive, 'Time' optional)"
+    return _canonical_name(_TIME_LAYER_ALIASES, text, choices)
 
 
 def _hidden_states(rng: np.random.Generator, shape, dtype) -> np.ndarray:
@@ -317,13 +315,12 @@ def _affine(dtype, rng, *, N, T, D, M, tied=False) -> PassMaker:
     return make
 
 
-def _softmax_with_loss(dtype, rng, *, N, T, V) -> PassMaker:
-    xs = rng.standard_normal((N, T, V)).astype(dtype)
-    ts = rng.integers(0, V, size=(N, T))
-    dout = _loss_dout(N, T)
+def _loss(layer_name: str, xs: np.ndarray, ts: np.ndarray) -> PassMaker:
+    """A loss layer's pass: ``forward(xs, ts)``, then ``backward`` of :func:`_loss_dout`."""
+    dout = _loss_dout(*ts.shape)
 
     def make(module) -> Pass:
-        layer = module.TimeSoftmaxWithLoss()
+        layer = getattr(module, layer_name)()
 
         def run():
             loss = layer.forward(xs, ts)
@@ -332,23 +329,16 @@ def _softmax_with_loss(dtype, rng, *, N, T, V) -> PassMaker:
         return run
 
     return make
+
+
+def _softmax_with_loss(dtype, rng, *, N, T, V) -> PassMaker:
+    xs = rng.standard_normal((N, T, V)).astype(dtype)
+    return _loss("TimeSoftmaxWithLoss", xs, rng.integers(0, V, size=(N, T)))
 
 
 def _sigmoid_with_loss(dtype, rng, *, N, T) -> PassMaker:
     xs = rng.standard_normal((N, T)).astype(dtype)
-    ts = rng.integers(0, 2, size=(N, T))
-    dout = _loss_dout(N, T)
-
-    def make(module) -> Pass:
-        layer = module.TimeSigmoidWithLoss()
-
-        def run():
-            loss = layer.forward(xs, ts)
-            return {"loss": loss, "dxs": layer.backward(dout)}
-
-        return run
-
-    return make
+    return _loss("TimeSigmoidWithLoss", xs, rng.integers(0, 2, size=(N, T)))
 
 
 def _dropout(dtype, rng, *, N, T, D, ratio) -> PassMaker:
@@ -891,8 +881,32 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: in
 # --------------------------------------------------------------------------------------
 
 
+class _Medians:
+    """The medians of a result's round times, ``reference`` and ``fastrnn`` (seconds)."""
+
+    reference: list[float]
+    fastrnn: list[float]
+
+    @property
+    def reference_median(self) -> float:
+        return statistics.median(self.reference)
+
+    @property
+    def fastrnn_median(self) -> float:
+        return statistics.median(self.fastrnn)
+
+    def time_cells(self) -> list[str]:
+        """The table cells ``reference ms``, ``fastrnn ms`` and ``speedup``."""
+        ref, fast = self.reference_median, self.fastrnn_median
+        return [format_ms(ref), format_ms(fast), _speedup(ref, fast)]
+
+    def rounds_cell(self) -> str:
+        """The ``rounds`` cell: reference/fastrnn rounds timed."""
+        return f"{len(self.reference)}/{len(self.fastrnn)}"
+
+
 @dataclass
-class CaseResult:
+class CaseResult(_Medians):
     """Check and times of one layer on one shape."""
 
     layer: str
@@ -903,14 +917,6 @@ class CaseResult:
     torch: dict[int, list[float]]  # threads -> round times
     foreign_load: float | None = None  # cores used by other processes meanwhile
     plan: str = ""  # the planner's routes for the per-step products
-
-    @property
-    def reference_median(self) -> float:
-        return statistics.median(self.reference)
-
-    @property
-    def fastrnn_median(self) -> float:
-        return statistics.median(self.fastrnn)
 
     @property
     def best_torch_median(self) -> float | None:
@@ -956,7 +962,7 @@ def run_case(
 
 
 @dataclass
-class TimeLayerResult:
+class TimeLayerResult(_Medians):
     """Check and times of one non-recurrent time layer on one shape."""
 
     case: TimeLayerCase
@@ -964,14 +970,6 @@ class TimeLayerResult:
     reference: list[float]
     fastrnn: list[float]
     foreign_load: float | None = None  # cores used by other processes meanwhile
-
-    @property
-    def reference_median(self) -> float:
-        return statistics.median(self.reference)
-
-    @property
-    def fastrnn_median(self) -> float:
-        return statistics.median(self.fastrnn)
 
 
 @contextlib.contextmanager
@@ -1092,17 +1090,14 @@ def _recurrent_table(
         for shape in args.shapes:
             result = run_case(layer, shape, dtype, args.repeat, args.budget, torch_thread_counts)
             fast = result.fastrnn_median
-            row = [layer, shape.label, *_check_cells(result.check)]
-            row += [format_ms(result.reference_median), format_ms(fast)]
-            row += [_speedup(result.reference_median, fast)]
+            row = [layer, shape.label, *_check_cells(result.check), *result.time_cells()]
             if bench:
                 gflops = gemm_flop(layer, shape) / fast / 1e9
                 row += [f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%", result.plan]
                 row += [format_ms(statistics.median(t)) for t in result.torch.values()]
                 if torch_thread_counts:
                     row += [_speedup(result.best_torch_median, fast)]
-            row += [f"{len(result.reference)}/{len(result.fastrnn)}"]
-            row += [tally.add(result.check, result.foreign_load)]
+            row += [result.rounds_cell(), tally.add(result.check, result.foreign_load)]
             rows.append(row)
             _progress(f"{layer} {shape.label}")
     return format_table(headers, rows)
@@ -1115,12 +1110,8 @@ def _time_layer_table(args, cases, dtype, tally: _Tally) -> str:
     rows = []
     for case in cases:
         result = run_time_layer_case(case, dtype, max_rounds, budget)
-        fast = result.fastrnn_median
-        row = [case.layer, case.label, *_check_cells(result.check)]
-        row += [format_ms(result.reference_median), format_ms(fast)]
-        row += [_speedup(result.reference_median, fast)]
-        row += [f"{len(result.reference)}/{len(result.fastrnn)}"]
-        row += [tally.add(result.check, result.foreign_load)]
+        row = [case.layer, case.label, *_check_cells(result.check), *result.time_cells()]
+        row += [result.rounds_cell(), tally.add(result.check, result.foreign_load)]
         rows.append(row)
         _progress(f"{case.layer} {case.label}")
     return format_table(headers, rows)

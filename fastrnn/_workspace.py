@@ -50,11 +50,16 @@ class Workspace:
         return sum(b.nbytes for b in self._buffers.values())
 
 
-def kernel_ready(array, dtype, ws, name):
-    """``array`` itself when a kernel can read it as it is (C-contiguous, aligned,
-    writeable: the one array type the kernels are compiled for), else a workspace copy."""
+def fits_kernels(array: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether a kernel can take ``array`` as it is, to read or to write: of ``dtype``,
+    C-contiguous, aligned and writeable (the one array type the kernels are compiled for)."""
     flags = array.flags
-    if array.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable:
+    return array.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable
+
+
+def kernel_ready(array, dtype, ws, name):
+    """``array`` itself when it :func:`fits_kernels`, else a workspace copy."""
+    if fits_kernels(array, dtype):
         return array
     copy = ws.take(name, array.shape, dtype)
     np.copyto(copy, array, casting="same_kind")

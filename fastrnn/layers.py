@@ -36,7 +36,7 @@ from ._validation import (
     require_array,
     require_float,
 )
-from ._workspace import Workspace, kernel_ready
+from ._workspace import Workspace, fits_kernels, kernel_ready
 
 __all__ = ["RNN", "LSTM", "GRU", "TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM"]
 
@@ -142,7 +142,7 @@ class _Recurrence:
         # Kernels write straight into grads[i] when it has the right layout and dtype
         # (always, unless a caller replaced it); otherwise into scratch, copied after.
         targets = [
-            g if g.dtype == dtype and g.flags.c_contiguous else ws.take(f"grad{i}", g.shape, dtype)
+            g if fits_kernels(g, dtype) else ws.take(f"grad{i}", g.shape, dtype)
             for i, g in enumerate(grads)
         ]
         dhT = ws.take("dhT", (H, N), dtype)
@@ -316,9 +316,8 @@ class _CheckedCall(NamedTuple):
     xs_shape: tuple
     xs_dtype: np.dtype
     layout: tuple  # _layout of the parameters
-    h: np.ndarray  # the states the call left
+    h: np.ndarray  # the states the call left, (N, H)
     c: np.ndarray | None
-    state_shape: tuple  # (N, H)
 
 
 def _layout(arrays) -> tuple:
@@ -416,10 +415,9 @@ class _TimeLayer:
             h0, c0 = self.h, getattr(self, "c", None)
             if h0 is not last.h or c0 is not last.c:
                 return None
+            state_shape = (xs.shape[0], Wh.shape[0])  # (N, H), as the last call left them
             for state in (h0, c0):
-                if state is not None and (
-                    state.shape != last.state_shape or state.dtype != Wx.dtype
-                ):
+                if state is not None and (state.shape != state_shape or state.dtype != Wx.dtype):
                     return None
         return xs, Wx, Wh, b, h0, c0
 
@@ -444,9 +442,8 @@ class _TimeLayer:
             # The parameters ran as they are (not as contiguous copies): a repeat of this
             # call may skip the checks.
             self._last_call = _CheckedCall(
-                Wx, Wh, b, xs.shape, xs.dtype, _layout(params), self.h, getattr(self, "c", None),
-                self.h.shape,
-            )  # fmt: skip
+                Wx, Wh, b, xs.shape, xs.dtype, _layout(params), self.h, getattr(self, "c", None)
+            )
         else:
             self._last_call = None
 

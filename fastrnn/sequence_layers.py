@@ -44,7 +44,7 @@ from ._validation import (
     require_integer,
     require_real,
 )
-from ._workspace import Workspace, kernel_ready
+from ._workspace import Workspace, fits_kernels, kernel_ready
 
 __all__ = [
     "TimeEmbedding",
@@ -64,12 +64,6 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
     """What layers without parameters compute in: float32 or float64 as given, float32 for
     anything else (float16, integers, bool), as :mod:`fastrnn.reference` does."""
     return dtype if dtype == _FLOAT32 or dtype == _FLOAT64 else _FLOAT32
-
-
-def _writable_target(grad: np.ndarray, dtype: np.dtype) -> bool:
-    """Whether a kernel may write a gradient straight into ``grad``."""
-    flags = grad.flags
-    return grad.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable
 
 
 def _copy_ids(ws: Workspace, ids: np.ndarray) -> np.ndarray:
@@ -168,7 +162,7 @@ class TimeEmbedding:
         dtype = W.dtype
         dout = kernel_ready(dout, dtype, self._ws, "dout")
         grad = self.grads[0]
-        target = grad if _writable_target(grad, dtype) else self._ws.take("dW", W.shape, dtype)
+        target = grad if fits_kernels(grad, dtype) else self._ws.take("dW", W.shape, dtype)
         kernels.embedding_backward(target, dout, ids)
         if target is not grad:
             grad[...] = target
@@ -219,9 +213,9 @@ class TimeAffine:
     def _kernel_weight(self, W):
         """``(W, False)``, or ``(W.T, True)`` when ``W`` is a transposed view (weight
         tying): a C-contiguous array the kernels read, and whether it is the transpose."""
-        if _writable_target(W, W.dtype):
+        if fits_kernels(W, W.dtype):
             return W, False
-        if _writable_target(W.T, W.dtype):
+        if fits_kernels(W.T, W.dtype):
             return W.T, True
         return kernel_ready(W, W.dtype, self._ws, "W"), False
 
@@ -278,14 +272,14 @@ class TimeAffine:
         # dW goes straight into grads[0], or into its transpose when that is the
         # C-contiguous one (weight tying); only a caller-replaced grad needs scratch.
         dW_scratch = None
-        if _writable_target(dW, dtype):
+        if fits_kernels(dW, dtype):
             dW_target, dW_transposed = dW, False
-        elif _writable_target(dW.T, dtype):
+        elif fits_kernels(dW.T, dtype):
             dW_target, dW_transposed = dW.T, True
         else:
             dW_target = dW_scratch = self._ws.take("dW", W.shape, dtype)
             dW_transposed = False
-        db_target = db if _writable_target(db, dtype) else self._ws.take("db", (M,), dtype)
+        db_target = db if fits_kernels(db, dtype) else self._ws.take("db", (M,), dtype)
         dx = np.empty((N, T, D), dtype=dtype)
         kernels.affine_backward(
             dx.reshape(N * T, D),

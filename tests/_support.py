@@ -8,6 +8,8 @@ two top-level ``conftest`` modules cannot both be imported by name.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -110,3 +112,16 @@ class KernelSpy:
         for name in names:
             monkeypatch.setattr(module, name, self.wrap(getattr(module, name)))
         return self
+
+
+def assert_threads_give_serial_results(job: Callable, args: Iterable, workers: int = 4) -> None:
+    """Run ``job(arg)`` for every ``arg`` one after another, then in ``workers`` threads at
+    once: each job's list of arrays must come out the same, bit for bit."""
+    args = list(args)
+    serial = [job(arg) for arg in args]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        threaded = list(pool.map(job, args))
+    for expected, got in zip(serial, threaded, strict=True):
+        assert len(expected) == len(got)
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(g, e)  # bit for bit, not within a tolerance

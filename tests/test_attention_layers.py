@@ -13,12 +13,19 @@ kernel runs (a spy counts the kernel calls), and leaves the layer usable.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from _support import DTYPES, TOLERANCE, KernelSpy, copy_arg, other_float, same_value
+from _support import (
+    DTYPES,
+    TOLERANCE,
+    KernelSpy,
+    assert_threads_give_serial_results,
+    copy_arg,
+    other_float,
+    same_value,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -406,12 +413,7 @@ def test_separate_layers_in_threads_give_the_serial_results():
                 results += [g.copy() for g in layer.backward(grad)]
         return results
 
-    serial = [job(seed) for seed in range(4)]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = list(pool.map(job, range(4)))
-    for expected, got in zip(serial, threaded, strict=True):
-        for e, g in zip(expected, got, strict=True):
-            np.testing.assert_array_equal(g, e)
+    assert_threads_give_serial_results(job, range(4))
 
 
 # --------------------------------------------------------------------------------------

@@ -29,13 +29,21 @@ import sys
 import textwrap
 import tracemalloc
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
-from _support import ALL_KINDS, CELL_KINDS, DTYPES, FAMILY, TIME_KINDS, TOLERANCE, make_params
+from _support import (
+    ALL_KINDS,
+    CELL_KINDS,
+    DTYPES,
+    FAMILY,
+    TIME_KINDS,
+    TOLERANCE,
+    assert_threads_give_serial_results,
+    make_params,
+)
 from numba import types
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import cpu_target
@@ -120,20 +128,10 @@ def _training_run(kind, dtype, seed, params=None, steps=12):
     return record
 
 
-def _assert_identical(serial, threaded):
-    assert len(serial) == len(threaded)
-    for a, b in zip(serial, threaded, strict=True):
-        np.testing.assert_array_equal(a, b)  # bit for bit, not within a tolerance
-
-
 @pytest.mark.slow
 def test_threads_with_their_own_layers_give_the_serial_results():
     jobs = [(kind, dtype, seed) for kind in ALL_KINDS for dtype in DTYPES for seed in (1,)]
-    serial = [_training_run(*job) for job in jobs]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = list(pool.map(lambda job: _training_run(*job), jobs))
-    for expected, got in zip(serial, threaded, strict=True):
-        _assert_identical(expected, got)
+    assert_threads_give_serial_results(lambda job: _training_run(*job), jobs)
 
 
 @pytest.mark.slow
@@ -142,16 +140,9 @@ def test_threads_may_share_parameter_arrays():
     them); each layer writes only its own grads."""
     for kind, dtype in [("TimeLSTM", np.float32), ("TimeGRU", np.float64), ("GRU", np.float64)]:
         shared = all_params(np.random.default_rng(7), kind, 12, 24, dtype)
-        seeds = list(range(6))
-        serial = [_training_run(kind, dtype, s, params=shared) for s in seeds]
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            threaded = list(
-                pool.map(
-                    lambda s, k=kind, d=dtype, p=shared: _training_run(k, d, s, params=p), seeds
-                )
-            )
-        for expected, got in zip(serial, threaded, strict=True):
-            _assert_identical(expected, got)
+        assert_threads_give_serial_results(
+            lambda s, k=kind, d=dtype, p=shared: _training_run(k, d, s, params=p), range(6)
+        )
 
 
 # --------------------------------------------------------------------------------------

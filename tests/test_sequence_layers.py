@@ -28,6 +28,7 @@ from _support import (
     TOLERANCE,
     KernelSpy,
     assert_close,
+    assert_threads_give_serial_results,
     copy_arg,
     other_float,
     same_value,
@@ -1613,8 +1614,6 @@ def test_separate_layers_in_threads_give_the_serial_results():
     """Kernels release the GIL; separate layers in threads give bit-for-bit the serial
     results. (TimeDropout is left out: it draws from NumPy's global random state, which
     threads share, as the book's layer does.)"""
-    from concurrent.futures import ThreadPoolExecutor
-
     N, T, D, V = 6, 9, 16, 50
 
     def job(seed):
@@ -1635,9 +1634,4 @@ def test_separate_layers_in_threads_give_the_serial_results():
             results += [np.float64(sigmoid.forward(scores[..., 0], labels)), sigmoid.backward()]
         return results
 
-    serial = [job(seed) for seed in range(4)]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = list(pool.map(job, range(4)))
-    for expected, got in zip(serial, threaded, strict=True):
-        for e, g in zip(expected, got, strict=True):
-            np.testing.assert_array_equal(g, e)
+    assert_threads_give_serial_results(job, range(4))
