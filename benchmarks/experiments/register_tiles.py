@@ -71,10 +71,6 @@ class _Vectors:
         address = builder.bitcast(builder.gep(row, [offset]), self.pointer)
         return builder.load(address, align=self.align)
 
-    def store(self, builder, value, row, offset):
-        address = builder.bitcast(builder.gep(row, [offset]), self.pointer)
-        builder.store(value, address, align=self.align)
-
     def splat(self, builder, scalar):
         first = builder.insert_element(ir.Constant(self.vector, ir.Undefined), scalar, _I32(0))
         mask = ir.Constant(ir.VectorType(_I32, self.lanes), [0] * self.lanes)
@@ -144,233 +140,220 @@ def _same_matrices(*arrays) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _nn_tile(rows: int, vectors: int):
-    """An intrinsic ``tile(C, A, B, i0, j0, accumulate)`` computing, with ``w`` the tile
-    width ``vectors * lanes``: ``C[i0:i0+rows, j0:j0+w] (+)= A[i0:i0+rows] @ B[:, j0:j0+w]``."""
+class _Tile:
+    """What a tile's IR body gets: the builder, the vector helpers, data pointer, rows,
+    columns and row stride of ``C``, ``A`` and ``B``, the tile's first row and column, the
+    ``accumulate`` flag and, for narrow tiles, the width."""
 
-    @intrinsic
-    def tile(typingctx, C, A, B, i0, j0, accumulate):
-        if not _same_matrices(C, A, B):
+    def __init__(self, context, builder, signature, args):
+        self.builder = builder
+        self.vec = _Vectors(builder, signature.args[0].dtype)
+        self.C, self.A, self.B = (
+            _matrix(context, builder, ty, value)
+            for ty, value in zip(signature.args[:3], args[:3], strict=True)
+        )
+        self.i0, self.j0 = _i64(builder, args[3]), _i64(builder, args[4])
+        self.accumulate = args[5]
+        self.width = _i64(builder, args[6]) if len(args) > 6 else None
+
+    def rows_of(self, matrix, first, count):
+        """Pointers to rows ``first .. first + count - 1`` of ``matrix``."""
+        data, _, _, stride = matrix
+        b = self.builder
+        return [b.gep(data, [b.mul(b.add(first, _I64(r)), stride)]) for r in range(count)]
+
+    def store(self, target, total, align=None):
+        """``*target = *target + total`` when accumulating, else ``total``."""
+        b = self.builder
+        summed = b.fadd(b.load(target, align=align), total)
+        b.store(b.select(self.accumulate, summed, total), target, align=align)
+
+
+def _make_tile(body, narrow: bool = False):
+    """An intrinsic ``tile(C, A, B, i0, j0, accumulate)`` (with a trailing ``width`` when
+    ``narrow``) whose IR is written by ``body(tile: _Tile)``."""
+
+    def codegen(context, builder, signature, args):
+        body(_Tile(context, builder, signature, args))
+        return context.get_dummy_value()
+
+    if narrow:
+
+        @intrinsic
+        def tile(typingctx, C, A, B, i0, j0, accumulate, width):
+            if _same_matrices(C, A, B):
+                return types.void(C, A, B, i0, j0, accumulate, width), codegen
             return None
 
-        def codegen(context, builder, signature, args):
-            c, a, b, i0, j0, accumulate = args
-            vec = _Vectors(builder, signature.args[0].dtype)
-            c_data, _, _, ldc = _matrix(context, builder, signature.args[0], c)
-            a_data, _, _, lda = _matrix(context, builder, signature.args[1], a)
-            b_data, depth, _, ldb = _matrix(context, builder, signature.args[2], b)
-            i0, j0 = _i64(builder, i0), _i64(builder, j0)
-            first_rows = [builder.add(i0, _I64(r)) for r in range(rows)]
-            a_rows = [builder.gep(a_data, [builder.mul(i, lda)]) for i in first_rows]
-            acc = _slots(builder, vec.vector, rows * vectors)
-            with cgutils.for_range(builder, depth) as loop:
-                k = loop.index
-                b_row = builder.gep(b_data, [builder.add(builder.mul(k, ldb), j0)])
-                b_vectors = [vec.load(builder, b_row, _I64(v * vec.lanes)) for v in range(vectors)]
-                for r in range(rows):
-                    a_k = vec.splat(builder, builder.load(builder.gep(a_rows[r], [k])))
-                    for v in range(vectors):
-                        _accumulate(
-                            builder, acc[r * vectors + v], vec.fmuladd_vector, a_k, b_vectors[v]
-                        )
-            for r in range(rows):
-                c_row = builder.gep(c_data, [builder.add(builder.mul(first_rows[r], ldc), j0)])
-                for v in range(vectors):
-                    offset = _I64(v * vec.lanes)
-                    total = builder.load(acc[r * vectors + v])
-                    summed = builder.fadd(vec.load(builder, c_row, offset), total)
-                    vec.store(builder, builder.select(accumulate, summed, total), c_row, offset)
-            return context.get_dummy_value()
+    else:
 
-        return types.void(C, A, B, i0, j0, accumulate), codegen
+        @intrinsic
+        def tile(typingctx, C, A, B, i0, j0, accumulate):
+            if _same_matrices(C, A, B):
+                return types.void(C, A, B, i0, j0, accumulate), codegen
+            return None
 
     return tile
+
+
+def _nn_tile(rows: int, vectors: int):
+    """``C[i0:i0+rows, j0:j0+w] (+)= A[i0:i0+rows] @ B[:, j0:j0+w]``, ``w`` being
+    ``vectors * lanes``."""
+
+    def body(t: _Tile):
+        b, vec = t.builder, t.vec
+        b_data, depth, _, ldb = t.B
+        a_rows = t.rows_of(t.A, t.i0, rows)
+        acc = _slots(b, vec.vector, rows * vectors)
+        with cgutils.for_range(b, depth) as loop:
+            k = loop.index
+            b_row = b.gep(b_data, [b.add(b.mul(k, ldb), t.j0)])
+            b_k = [vec.load(b, b_row, _I64(v * vec.lanes)) for v in range(vectors)]
+            for r in range(rows):
+                a_k = vec.splat(b, b.load(b.gep(a_rows[r], [k])))
+                for v in range(vectors):
+                    _accumulate(b, acc[r * vectors + v], vec.fmuladd_vector, a_k, b_k[v])
+        for r, c_row in enumerate(t.rows_of(t.C, t.i0, rows)):
+            for v in range(vectors):
+                address = b.bitcast(b.gep(c_row, [b.add(t.j0, _I64(v * vec.lanes))]), vec.pointer)
+                t.store(address, b.load(acc[r * vectors + v]), align=vec.align)
+
+    return _make_tile(body)
 
 
 def _nt_tile(rows: int, columns: int):
-    """An intrinsic ``tile(C, A, B, i0, j0, accumulate)`` computing
-    ``C[i0:i0+rows, j0:j0+columns] (+)= A[i0:i0+rows] @ B[j0:j0+columns].T``; the shared
+    """``C[i0:i0+rows, j0:j0+columns] (+)= A[i0:i0+rows] @ B[j0:j0+columns].T``; the shared
     axis is ``A``'s columns."""
 
-    @intrinsic
-    def tile(typingctx, C, A, B, i0, j0, accumulate):
-        if not _same_matrices(C, A, B):
-            return None
+    def body(t: _Tile):
+        b, vec = t.builder, t.vec
+        depth = t.A[2]
+        a_rows = t.rows_of(t.A, t.i0, rows)
+        b_rows = t.rows_of(t.B, t.j0, columns)
+        acc = _slots(b, vec.vector, rows * columns)
+        lanes = _I64(vec.lanes)
+        chunks = b.udiv(depth, lanes)
+        with cgutils.for_range(b, chunks) as loop:
+            k = b.mul(loop.index, lanes)
+            a_k = [vec.load(b, row, k) for row in a_rows]
+            for q in range(columns):
+                b_k = vec.load(b, b_rows[q], k)
+                for r in range(rows):
+                    _accumulate(b, acc[r * columns + q], vec.fmuladd_vector, a_k[r], b_k)
+        sums = _slots(b, vec.scalar, rows * columns)
+        for slot, total in zip(sums, acc, strict=True):
+            b.store(vec.lane_sum(b, b.load(total)), slot)
+        # the last depth % lanes terms, one by one
+        with cgutils.for_range_slice(b, b.mul(chunks, lanes), depth, _I64(1)) as (k, _):
+            a_k = [b.load(b.gep(row, [k])) for row in a_rows]
+            for q in range(columns):
+                b_k = b.load(b.gep(b_rows[q], [k]))
+                for r in range(rows):
+                    _accumulate(b, sums[r * columns + q], vec.fmuladd_scalar, a_k[r], b_k)
+        for r, c_row in enumerate(t.rows_of(t.C, t.i0, rows)):
+            for q in range(columns):
+                t.store(b.gep(c_row, [b.add(t.j0, _I64(q))]), b.load(sums[r * columns + q]))
 
-        def codegen(context, builder, signature, args):
-            c, a, b, i0, j0, accumulate = args
-            vec = _Vectors(builder, signature.args[0].dtype)
-            c_data, _, _, ldc = _matrix(context, builder, signature.args[0], c)
-            a_data, _, depth, lda = _matrix(context, builder, signature.args[1], a)
-            b_data, _, _, ldb = _matrix(context, builder, signature.args[2], b)
-            i0, j0 = _i64(builder, i0), _i64(builder, j0)
-            a_rows = [
-                builder.gep(a_data, [builder.mul(builder.add(i0, _I64(r)), lda)])
-                for r in range(rows)
-            ]
-            b_rows = [
-                builder.gep(b_data, [builder.mul(builder.add(j0, _I64(q)), ldb)])
-                for q in range(columns)
-            ]
-            acc = _slots(builder, vec.vector, rows * columns)
-            lanes = _I64(vec.lanes)
-            chunks = builder.udiv(depth, lanes)
-            with cgutils.for_range(builder, chunks) as loop:
-                k = builder.mul(loop.index, lanes)
-                a_vectors = [vec.load(builder, row, k) for row in a_rows]
-                for q in range(columns):
-                    b_k = vec.load(builder, b_rows[q], k)
-                    for r in range(rows):
-                        _accumulate(
-                            builder, acc[r * columns + q], vec.fmuladd_vector, a_vectors[r], b_k
-                        )
-            sums = _slots(builder, vec.scalar, rows * columns)
-            for slot, total in zip(sums, acc, strict=True):
-                builder.store(vec.lane_sum(builder, builder.load(total)), slot)
-            # the last depth % lanes terms, one by one
-            with cgutils.for_range_slice(builder, builder.mul(chunks, lanes), depth, _I64(1)) as (
-                k,
-                _,
-            ):
-                a_k = [builder.load(builder.gep(row, [k])) for row in a_rows]
-                for q in range(columns):
-                    b_k = builder.load(builder.gep(b_rows[q], [k]))
-                    for r in range(rows):
-                        _accumulate(builder, sums[r * columns + q], vec.fmuladd_scalar, a_k[r], b_k)
-            for r in range(rows):
-                c_row = builder.gep(c_data, [builder.mul(builder.add(i0, _I64(r)), ldc)])
-                for q in range(columns):
-                    target = builder.gep(c_row, [builder.add(j0, _I64(q))])
-                    total = builder.load(sums[r * columns + q])
-                    summed = builder.fadd(builder.load(target), total)
-                    builder.store(builder.select(accumulate, summed, total), target)
-            return context.get_dummy_value()
-
-        return types.void(C, A, B, i0, j0, accumulate), codegen
-
-    return tile
+    return _make_tile(body)
 
 
 def _nn_narrow_tile(rows: int):
-    """An intrinsic ``tile(C, A, B, i0, j0, accumulate, width)`` for the last columns:
-    ``C[i0:i0+rows, j0:j0+width] (+)= A[i0:i0+rows] @ B[:, j0:j0+width]`` with
-    ``width < lanes``, one vector wide. Only the ``width`` columns are read and written."""
+    """The last columns: ``C[i0:i0+rows, j0:j0+width] (+)= A[i0:i0+rows] @ B[:, j0:j0+width]``
+    with ``width < lanes``, one vector wide; only the ``width`` columns are read and
+    written."""
 
-    @intrinsic
-    def tile(typingctx, C, A, B, i0, j0, accumulate, width):
-        if not _same_matrices(C, A, B):
-            return None
-
-        def codegen(context, builder, signature, args):
-            c, a, b, i0, j0, accumulate, width = args
-            vec = _Vectors(builder, signature.args[0].dtype)
-            c_data, _, _, ldc = _matrix(context, builder, signature.args[0], c)
-            a_data, _, _, lda = _matrix(context, builder, signature.args[1], a)
-            b_data, depth, _, ldb = _matrix(context, builder, signature.args[2], b)
-            i0, j0, width = _i64(builder, i0), _i64(builder, j0), _i64(builder, width)
-            first_rows = [builder.add(i0, _I64(r)) for r in range(rows)]
-            a_rows = [builder.gep(a_data, [builder.mul(i, lda)]) for i in first_rows]
-            acc = _slots(builder, vec.vector, rows)
-            b_slot = cgutils.alloca_once(builder, vec.vector)
-            zero = ir.Constant(vec.vector, [0.0] * vec.lanes)
-            with cgutils.for_range(builder, depth) as loop:
-                k = loop.index
-                b_row = builder.gep(b_data, [builder.add(builder.mul(k, ldb), j0)])
-                builder.store(zero, b_slot)
-                for lane in range(vec.lanes - 1):  # width < lanes
-                    with builder.if_then(builder.icmp_signed("<", _I64(lane), width)):
-                        value = builder.load(builder.gep(b_row, [_I64(lane)]))
-                        builder.store(
-                            builder.insert_element(builder.load(b_slot), value, _I32(lane)), b_slot
-                        )
-                b_k = builder.load(b_slot)
-                for r in range(rows):
-                    a_k = vec.splat(builder, builder.load(builder.gep(a_rows[r], [k])))
-                    _accumulate(builder, acc[r], vec.fmuladd_vector, a_k, b_k)
+    def body(t: _Tile):
+        b, vec = t.builder, t.vec
+        b_data, depth, _, ldb = t.B
+        a_rows = t.rows_of(t.A, t.i0, rows)
+        acc = _slots(b, vec.vector, rows)
+        b_slot = cgutils.alloca_once(b, vec.vector)
+        zero = ir.Constant(vec.vector, [0.0] * vec.lanes)
+        with cgutils.for_range(b, depth) as loop:
+            k = loop.index
+            b_row = b.gep(b_data, [b.add(b.mul(k, ldb), t.j0)])
+            b.store(zero, b_slot)
+            for lane in range(vec.lanes - 1):  # width < lanes
+                with b.if_then(b.icmp_signed("<", _I64(lane), t.width)):
+                    value = b.load(b.gep(b_row, [_I64(lane)]))
+                    b.store(b.insert_element(b.load(b_slot), value, _I32(lane)), b_slot)
+            b_k = b.load(b_slot)
             for r in range(rows):
-                c_row = builder.gep(c_data, [builder.add(builder.mul(first_rows[r], ldc), j0)])
-                total = builder.load(acc[r])
-                for lane in range(vec.lanes - 1):
-                    with builder.if_then(builder.icmp_signed("<", _I64(lane), width)):
-                        target = builder.gep(c_row, [_I64(lane)])
-                        value = builder.extract_element(total, _I32(lane))
-                        summed = builder.fadd(builder.load(target), value)
-                        builder.store(builder.select(accumulate, summed, value), target)
-            return context.get_dummy_value()
+                a_k = vec.splat(b, b.load(b.gep(a_rows[r], [k])))
+                _accumulate(b, acc[r], vec.fmuladd_vector, a_k, b_k)
+        for r, c_row in enumerate(t.rows_of(t.C, t.i0, rows)):
+            total = b.load(acc[r])
+            for lane in range(vec.lanes - 1):
+                with b.if_then(b.icmp_signed("<", _I64(lane), t.width)):
+                    target = b.gep(c_row, [b.add(t.j0, _I64(lane))])
+                    t.store(target, b.extract_element(total, _I32(lane)))
 
-        return types.void(C, A, B, i0, j0, accumulate, width), codegen
-
-    return tile
+    return _make_tile(body, narrow=True)
 
 
 # Numba code calls intrinsics by global name: one per tile shape.
-_nn_1x1, _nn_2x1, _nn_3x1, _nn_4x1, _nn_5x1 = (_nn_tile(r, 1) for r in range(1, 6))
-_nn_1x2, _nn_2x2, _nn_3x2, _nn_4x2, _nn_5x2 = (_nn_tile(r, 2) for r in range(1, 6))
-_nn_1xw, _nn_2xw, _nn_3xw, _nn_4xw, _nn_5xw = (_nn_narrow_tile(r) for r in range(1, 6))
-_nt_1x1, _nt_2x1, _nt_3x1, _nt_4x1, _nt_5x1 = (_nt_tile(r, 1) for r in range(1, 6))
-_nt_1x2, _nt_2x2, _nt_3x2, _nt_4x2, _nt_5x2 = (_nt_tile(r, 2) for r in range(1, 6))
+# Numba code calls intrinsics by global name only, so each tile shape gets a global, and
+# the drivers that pick one by the number of rows left are generated from one template.
+_TILES = {}
+for _rows in range(1, 6):
+    _TILES[f"_nn_{_rows}x2"] = _nn_tile(_rows, 2)
+    _TILES[f"_nn_{_rows}x1"] = _nn_tile(_rows, 1)
+    _TILES[f"_nn_{_rows}xw"] = _nn_narrow_tile(_rows)
+    _TILES[f"_nt_{_rows}x2"] = _nt_tile(_rows, 2)
+    _TILES[f"_nt_{_rows}x1"] = _nt_tile(_rows, 1)
+globals().update(_TILES)
+
+
+def _nn_column_driver(kind: str, extra: str = ""):
+    """A helper ``(C, A, B, j, accumulate{extra})`` running the ``_nn_{rows}x{kind}`` tiles
+    down every row of ``C``'s columns from ``j``: blocks of 5 rows, then the rest."""
+    call = f"(C, A, B, i, j, accumulate{extra})"
+    rest = "".join(
+        f"    {'if' if r == 4 else 'elif'} rest == {r}:\n        _nn_{r}x{kind}{call}\n"
+        for r in range(4, 0, -1)
+    )
+    source = (
+        f"def driver(C, A, B, j, accumulate{extra}):\n"
+        "    M = C.shape[0]\n"
+        "    i = 0\n"
+        "    while i + 5 <= M:\n"
+        f"        _nn_5x{kind}{call}\n"
+        "        i += 5\n"
+        "    rest = M - i\n" + rest
+    )
+    namespace = dict(_TILES)
+    exec(source, namespace)  # source generated above from constants
+    return helper(namespace["driver"])
+
+
+def _nt_row_driver(rows: int):
+    """A helper ``(C, A, B, i, accumulate)``: ``C[i:i+rows] (+)= A[i:i+rows] @ B.T``, the
+    rows of ``A`` kept in the L1 cache while the rows of ``B`` pass by two at a time."""
+    source = (
+        "def driver(C, A, B, i, accumulate):\n"
+        "    N = C.shape[1]\n"
+        "    last_pair = N - N % 2\n"
+        "    for j in range(0, last_pair, 2):\n"
+        f"        _nt_{rows}x2(C, A, B, i, j, accumulate)\n"
+        "    if last_pair < N:\n"
+        f"        _nt_{rows}x1(C, A, B, i, last_pair, accumulate)\n"
+    )
+    namespace = dict(_TILES)
+    exec(source, namespace)  # source generated above from constants
+    return helper(namespace["driver"])
+
+
+_nn_two_vector_columns = _nn_column_driver("2")
+_nn_one_vector_columns = _nn_column_driver("1")
+_nn_narrow_columns = _nn_column_driver("w", ", width")
+_nt_rows_1, _nt_rows_2, _nt_rows_3, _nt_rows_4, _nt_rows_5 = (
+    _nt_row_driver(rows) for rows in range(1, 6)
+)
 
 
 # --------------------------------------------------------------------------------------
 # Products
 # --------------------------------------------------------------------------------------
-
-
-@helper
-def _nn_two_vector_columns(C, A, B, j, accumulate):
-    """Every row of ``C[:, j:j + 2 lanes]``."""
-    M = C.shape[0]
-    i = 0
-    while i + 5 <= M:
-        _nn_5x2(C, A, B, i, j, accumulate)
-        i += 5
-    rest = M - i
-    if rest == 4:
-        _nn_4x2(C, A, B, i, j, accumulate)
-    elif rest == 3:
-        _nn_3x2(C, A, B, i, j, accumulate)
-    elif rest == 2:
-        _nn_2x2(C, A, B, i, j, accumulate)
-    elif rest == 1:
-        _nn_1x2(C, A, B, i, j, accumulate)
-
-
-@helper
-def _nn_one_vector_columns(C, A, B, j, accumulate):
-    """Every row of ``C[:, j:j + lanes]``."""
-    M = C.shape[0]
-    i = 0
-    while i + 5 <= M:
-        _nn_5x1(C, A, B, i, j, accumulate)
-        i += 5
-    rest = M - i
-    if rest == 4:
-        _nn_4x1(C, A, B, i, j, accumulate)
-    elif rest == 3:
-        _nn_3x1(C, A, B, i, j, accumulate)
-    elif rest == 2:
-        _nn_2x1(C, A, B, i, j, accumulate)
-    elif rest == 1:
-        _nn_1x1(C, A, B, i, j, accumulate)
-
-
-@helper
-def _nn_narrow_columns(C, A, B, j, accumulate, width):
-    """Every row of ``C[:, j:j + width]``, ``width < lanes``."""
-    M = C.shape[0]
-    i = 0
-    while i + 5 <= M:
-        _nn_5xw(C, A, B, i, j, accumulate, width)
-        i += 5
-    rest = M - i
-    if rest == 4:
-        _nn_4xw(C, A, B, i, j, accumulate, width)
-    elif rest == 3:
-        _nn_3xw(C, A, B, i, j, accumulate, width)
-    elif rest == 2:
-        _nn_2xw(C, A, B, i, j, accumulate, width)
-    elif rest == 1:
-        _nn_1xw(C, A, B, i, j, accumulate, width)
 
 
 @helper
@@ -401,52 +384,23 @@ def tiled_gemm_nn(C, A, B, accumulate):
 
 
 @helper
-def _nt_rows(C, A, B, i, rows, accumulate):
-    """``C[i:i + rows] (+)= A[i:i + rows] @ B.T`` for 1 to 5 rows: the rows of ``A`` stay in
-    the L1 cache while the rows of ``B`` pass by two at a time."""
-    N = C.shape[1]
-    last_pair = N - N % 2
-    for j in range(0, last_pair, 2):
-        if rows == 5:
-            _nt_5x2(C, A, B, i, j, accumulate)
-        elif rows == 4:
-            _nt_4x2(C, A, B, i, j, accumulate)
-        elif rows == 3:
-            _nt_3x2(C, A, B, i, j, accumulate)
-        elif rows == 2:
-            _nt_2x2(C, A, B, i, j, accumulate)
-        else:
-            _nt_1x2(C, A, B, i, j, accumulate)
-    if last_pair < N:
-        if rows == 5:
-            _nt_5x1(C, A, B, i, last_pair, accumulate)
-        elif rows == 4:
-            _nt_4x1(C, A, B, i, last_pair, accumulate)
-        elif rows == 3:
-            _nt_3x1(C, A, B, i, last_pair, accumulate)
-        elif rows == 2:
-            _nt_2x1(C, A, B, i, last_pair, accumulate)
-        else:
-            _nt_1x1(C, A, B, i, last_pair, accumulate)
-
-
-@helper
 def tiled_gemm_nt(C, A, B, accumulate):
-    """``C = A @ B.T``, or ``C += A @ B.T`` when ``accumulate``.
-
-    Parameters
-    ----------
-    C : (M, N) array
-        Out.
-    A : (M, K) array
-    B : (N, K) array
-        Of one float dtype, each with contiguous rows (C-contiguous, or a block of columns
-        of a C-contiguous array).
-    accumulate : bool
-    """
+    """``C = A @ B.T``, or ``C += A @ B.T`` when ``accumulate``: as :func:`tiled_gemm_nn`,
+    with ``B`` of shape (N, K)."""
     M = C.shape[0]
-    for i in range(0, M, 5):
-        _nt_rows(C, A, B, i, min(5, M - i), accumulate)
+    i = 0
+    while i + 5 <= M:
+        _nt_rows_5(C, A, B, i, accumulate)
+        i += 5
+    rest = M - i
+    if rest == 4:
+        _nt_rows_4(C, A, B, i, accumulate)
+    elif rest == 3:
+        _nt_rows_3(C, A, B, i, accumulate)
+    elif rest == 2:
+        _nt_rows_2(C, A, B, i, accumulate)
+    elif rest == 1:
+        _nt_rows_1(C, A, B, i, accumulate)
 
 
 # --------------------------------------------------------------------------------------
