@@ -74,7 +74,7 @@ class _Recurrence:
         if views.c_hist is not None:
             _set_initial(views.c_hist[0], c0)
         if views.routes.forward_transposes:
-            np.copyto(views.WhT, Wh.T)  # every call: Wh may have changed in place
+            _copy_transposed(views.WhT, Wh)
         hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
         self._run_forward(hs, views, Wx, Wh, b)
         saved = self.saved
@@ -104,7 +104,7 @@ class _Recurrence:
         ws = self.ws
         # The planner decides whether the per-step products run against a copy of Wh.T.
         routes = plan(self.gates, N, T, H, dtype)
-        WhT = ws.take("WhT", (self.gates * H if routes.forward_transposes else 0, H), dtype)
+        WhT = self._WhT_buffer(H, dtype, routes.forward_transposes)
         views = _ForwardViews(
             xs_tm=ws.take("xs", (T, N, D), dtype),
             h_hist=ws.take("h_hist", (T + 1, N, H), dtype),
@@ -146,22 +146,20 @@ class _Recurrence:
         ]
         dhT = ws.take("dhT", (H, N), dtype)
         routes = saved["routes"]
-        WhT = self._transposed_weights(Wh, routes.backward_transposes)
+        WhT = self._WhT_buffer(H, dtype, routes.backward_transposes)
+        if routes.backward_transposes:
+            _copy_transposed(WhT, Wh)
         self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, routes.backward_code, dhs, saved)
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
         return dxs_tm, dh, dc
 
-    def _transposed_weights(self, Wh, wanted):
-        """A contiguous copy of ``Wh.T`` (G*H, H) when ``wanted``, else an empty (0, H)
-        array, which tells the kernels to use ``Wh`` itself. Copied on every call: ``Wh``
-        may have changed in place since the last one."""
-        H = Wh.shape[0]
-        WhT = self.ws.take("WhT", (self.gates * H if wanted else 0, H), Wh.dtype)
-        if wanted:
-            np.copyto(WhT, Wh.T)
-        return WhT
+    def _WhT_buffer(self, H, dtype, wanted):
+        """The workspace for a contiguous ``Wh.T``, (G*H, H) when ``wanted``, else an empty
+        (0, H) array, which tells the kernels to use ``Wh`` itself. Forward and backward
+        share it; each fills it with :func:`_copy_transposed` on every call that uses it."""
+        return self.ws.take("WhT", (self.gates * H if wanted else 0, H), dtype)
 
     def saved_params(self):
         """The parameter arrays the last forward used, which backward will use too."""
@@ -195,6 +193,12 @@ class _ForwardViews:
     scratchT: np.ndarray  # (G*H or 0, N)
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
+
+
+def _copy_transposed(WhT, Wh):
+    """``WhT[...] = Wh.T``, on every call that uses it: ``Wh`` may have changed in place
+    since the last one (an optimizer step)."""
+    np.copyto(WhT, Wh.T)
 
 
 def _set_initial(buffer, value):
