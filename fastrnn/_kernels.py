@@ -12,9 +12,11 @@ Conventions
   state after step ``t``. LSTM's ``c_hist`` likewise.
 * Gate blocks are packed along the last axis in the book's order: LSTM ``f, g, i, o``,
   GRU ``z, r, h~``.
-* The caller's arrays are batch-major, ``(N, T, .)``: the forward kernels also write the
-  states straight into a fresh batch-major ``hs`` while they are in cache, and the backward
-  kernels read the caller's ``dhs`` as it is, so neither needs a layout copy.
+* The caller's arrays are batch-major, ``(N, T, .)``: the forward kernels copy ``xs`` and
+  the initial states into their workspaces themselves and write the states straight into a
+  fresh batch-major ``hs`` while they are in cache, and the backward kernels read the
+  caller's ``dhs`` as it is, so no layout copy runs in Python (a decoding step at
+  ``N = T = 1`` would pay more for those NumPy calls than for its products).
 * Argument order: outputs and saved activations first, then inputs and parameters.
 * The products that do not depend on the recurrence (``xs @ Wx``, ``dWx``, ``dWh``,
   ``dxs``) are single large GEMMs outside the time loop; only ``h @ Wh`` and
@@ -95,6 +97,30 @@ def _backprop_to_state(dh, dhT, dA_t, W, WT, accumulate, route):
 
 
 @helper
+def _load_state(state0, given):
+    """``state0[:] = given``, or zeros when ``given`` is empty (no state: start from 0)."""
+    if given.shape[0] == 0:
+        state0[:, :] = 0
+        return
+    for n in range(state0.shape[0]):
+        dst, src = state0[n], given[n]
+        for j in range(dst.size):
+            dst[j] = src[j]
+
+
+@helper
+def _load_sequence(xs_tm, xs):
+    """Copy the caller's batch-major ``xs`` (N, T, D) into the time-major ``xs_tm``
+    (T, N, D), where the backward pass finds it however the caller reuses ``xs``."""
+    N, T, D = xs.shape
+    for t in range(T):
+        for n in range(N):
+            dst, src = xs_tm[t, n], xs[n, t]
+            for j in range(D):
+                dst[j] = src[j]
+
+
+@helper
 def _bias_grad(db, dA2d):
     """``db = dA2d.sum(axis=0)``, row by row so that the inner loop vectorises."""
     db[:] = 0
@@ -133,7 +159,7 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
 
 
 @kernel
-def rnn_forward(hs, h_hist, scratchT, xs, Wx, Wh, b, WhT):
+def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
     """Run a plain RNN over a sequence.
 
     Parameters
@@ -141,20 +167,26 @@ def rnn_forward(hs, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     hs : (N, T, H) array
         Out: the state after every step, batch-major (the layer's return value).
     h_hist : (T + 1, N, H) array
-        In: ``h_hist[0]`` is the initial state. Out: the state after every step.
+        Out: the initial state and the state after every step.
     scratchT : (H, N) array
         Scratch, used with ``WhT``.
-    xs : (T, N, D) array
-        The inputs, time-major.
+    xs_tm : (T, N, D) array
+        Out: a time-major copy of ``xs``, kept for the backward pass.
+    xs : (N, T, D) array
+        The inputs, as the caller gave them.
+    h0 : (N, H) or (0, H) array
+        The initial state; empty for zeros.
     Wx : (D, H) array
     Wh : (H, H) array
     b : (H,) array
     WhT : (H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
     """
-    T, N, D = xs.shape
+    T, N, D = xs_tm.shape
     H = Wh.shape[0]
-    gemm(h_hist[1:].reshape((T * N, H)), xs.reshape((T * N, D)), Wx, False, False, False)
+    _load_sequence(xs_tm, xs)
+    _load_state(h_hist[0], h0)
+    gemm(h_hist[1:].reshape((T * N, H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
@@ -215,7 +247,7 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
 
 
 @kernel
-def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT):
+def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0, Wx, Wh, b, WhT):
     """Run an LSTM over a sequence.
 
     Parameters
@@ -225,24 +257,32 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs, Wx, Wh, b, WhT
     gates : (T, N, 4H) array
         Out: the activated gates ``f, g, i, o`` of every step.
     c_hist : (T + 1, N, H) array
-        In: ``c_hist[0]`` is the initial cell state. Out: the cell state after every step.
+        Out: the initial cell state and the cell state after every step.
     tanh_c : (T, N, H) array
         Out: ``tanh(c_t)`` of every step, kept for the backward pass.
     h_hist : (T + 1, N, H) array
-        In: ``h_hist[0]`` is the initial state. Out: the state after every step.
+        Out: the initial state and the state after every step.
     scratchT : (4H, N) array
         Scratch, used with ``WhT``.
-    xs : (T, N, D) array
+    xs_tm : (T, N, D) array
+        Out: a time-major copy of ``xs``, kept for the backward pass.
+    xs : (N, T, D) array
+        The inputs, as the caller gave them.
+    h0, c0 : (N, H) or (0, H) arrays
+        The initial states; empty for zeros.
     Wx : (D, 4H) array
     Wh : (H, 4H) array
     b : (4H,) array
     WhT : (4H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
     """
-    T, N, D = xs.shape
+    T, N, D = xs_tm.shape
     H = Wh.shape[0]
     b_f, b_g, b_io = b[:H], b[H : 2 * H], b[2 * H :]
-    gemm(gates.reshape((T * N, 4 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
+    _load_sequence(xs_tm, xs)
+    _load_state(h_hist[0], h0)
+    _load_state(c_hist[0], c0)
+    gemm(gates.reshape((T * N, 4 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT)
         for n in range(N):
@@ -341,7 +381,7 @@ def lstm_backward(
 
 
 @kernel
-def gru_forward(hs, gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
+def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
     """Run a GRU over a sequence.
 
     Parameters
@@ -353,21 +393,28 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs, Wx, Wh, b, WhT):
     rh : (T, N, H) array
         Out: ``r * h_{t-1}`` of every step, the input of the candidate's product.
     h_hist : (T + 1, N, H) array
-        In: ``h_hist[0]`` is the initial state. Out: the state after every step.
+        Out: the initial state and the state after every step.
     scratchT : (3H, N) array
         Scratch, used with ``WhT``.
-    xs : (T, N, D) array
+    xs_tm : (T, N, D) array
+        Out: a time-major copy of ``xs``, kept for the backward pass.
+    xs : (N, T, D) array
+        The inputs, as the caller gave them.
+    h0 : (N, H) or (0, H) array
+        The initial state; empty for zeros.
     Wx : (D, 3H) array
     Wh : (H, 3H) array
     b : (3H,) array
     WhT : (3H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
     """
-    T, N, D = xs.shape
+    T, N, D = xs_tm.shape
     H = Wh.shape[0]
     one = gates.dtype.type(1.0)
     b_zr, b_h = b[: 2 * H], b[2 * H :]
-    gemm(gates.reshape((T * N, 3 * H)), xs.reshape((T * N, D)), Wx, False, False, False)
+    _load_sequence(xs_tm, xs)
+    _load_state(h_hist[0], h0)
+    gemm(gates.reshape((T * N, 3 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     for t in range(T):
         _recurrent_product(gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H])

@@ -176,21 +176,23 @@ def embedding_backward(dW, dout, ids):
 
 @kernel
 def affine_forward(out, x, W, b, transposed):
-    """``out = x @ W + b`` over all rows.
+    """``out = x @ W + b`` at every step, as one product over the ``N * T`` rows.
 
     Parameters
     ----------
-    out : (R, M) array
-        Out: the affine map of every row.
-    x : (R, D) array
+    out : (N, T, M) array
+        Out: the affine map of every step.
+    x : (N, T, D) array
     W : (D, M) array, or (M, D) holding ``W.T`` when ``transposed``
     b : (M,) array
     transposed : bool
         Whether ``W`` is given as its transpose (a C-contiguous ``W.T``).
     """
-    for r in range(out.shape[0]):
-        _copy_row(out[r], b)
-    gemm(out, x, W, False, transposed, True)
+    N, T, M = out.shape
+    rows_out = out.reshape((N * T, M))
+    for r in range(N * T):
+        _copy_row(rows_out[r], b)
+    gemm(rows_out, x.reshape((N * T, x.shape[2])), W, False, transposed, True)
 
 
 @kernel

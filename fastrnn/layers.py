@@ -32,6 +32,7 @@ from ._validation import (
     check_sequence,
     check_state,
     check_step,
+    layout,
     require_array,
     require_float,
 )
@@ -62,21 +63,39 @@ class _Recurrence:
     def forward(self, xs, Wx, Wh, b, h0, c0):
         """Run the sequence ``xs`` (N, T, D), starting from ``h0`` (and ``c0``).
 
-        ``h0``/``c0`` may be None for zeros. Returns the states ``hs`` (N, T, H), a fresh
-        array, and the final ``h`` and ``c`` (None without a cell state), workspace views.
+        ``xs``, ``h0`` and ``c0`` may have any float dtype and strides; ``h0``/``c0`` may be
+        None for zeros. Returns the states ``hs`` (N, T, H), a fresh array, and the final
+        ``h`` and ``c`` (None without a cell state), workspace views.
         """
+        dtype, ws = Wx.dtype, self.ws
+        return self.forward_ready(
+            kernel_ready(xs, dtype, ws, "xs_in"),
+            Wx,
+            Wh,
+            b,
+            None if h0 is None else kernel_ready(h0, dtype, ws, "h0"),
+            None if c0 is None else kernel_ready(c0, dtype, ws, "c0"),
+        )
+
+    def forward_ready(self, xs, Wx, Wh, b, h0, c0):
+        """:meth:`forward` for arguments that already :func:`fits_kernels` in ``Wx``'s
+        dtype (the states None or so): the kernel copies them into its workspaces."""
         N, T, D = xs.shape
-        H = Wh.shape[0]
-        dtype = Wx.dtype
-        views = self._views_for(N, T, D, H, dtype)
-        np.copyto(views.xs_tm, xs.transpose(1, 0, 2), casting="same_kind")
-        _set_initial(views.h_hist[0], h0)
-        if views.c_hist is not None:
-            _set_initial(views.c_hist[0], c0)
+        views = self._views_for(N, T, D, Wh.shape[0], Wx.dtype)
         if views.routes.forward_transposes:
             _copy_transposed(views.WhT, Wh)
-        hs = np.empty((N, T, H), dtype)  # fresh on every call; the kernel fills it
-        self._run_forward(hs, views, Wx, Wh, b)
+        hs = np.empty(views.hs_shape, Wx.dtype)  # fresh on every call; the kernel fills it
+        no_state = views.no_state
+        self._run_forward(
+            hs,
+            views,
+            xs,
+            no_state if h0 is None else h0,
+            no_state if c0 is None else c0,
+            Wx,
+            Wh,
+            b,
+        )
         saved = self.saved
         if saved is None or saved["views"] is not views:
             saved = self.saved = dict(
@@ -87,9 +106,8 @@ class _Recurrence:
                 routes=views.routes,
                 views=views,
             )
-        saved.update(Wx=Wx, Wh=Wh, b=b)
-        c_last = None if views.c_hist is None else views.c_hist[T]
-        return hs, views.h_hist[T], c_last
+        saved["Wx"], saved["Wh"], saved["b"] = Wx, Wh, b
+        return hs, views.h_last, views.c_last
 
     def _views_for(self, N, T, D, H, dtype):
         """The forward's workspace views and plan for this shape.
@@ -105,14 +123,20 @@ class _Recurrence:
         # The planner decides whether the per-step products run against a copy of Wh.T.
         routes = plan(self.gates, N, T, H, dtype)
         WhT = self._WhT_buffer(H, dtype, routes.forward_transposes)
+        h_hist = ws.take("h_hist", (T + 1, N, H), dtype)
+        c_hist = ws.take("c_hist", (T + 1, N, H), dtype) if self.has_cell_state else None
         views = _ForwardViews(
             xs_tm=ws.take("xs", (T, N, D), dtype),
-            h_hist=ws.take("h_hist", (T + 1, N, H), dtype),
-            c_hist=ws.take("c_hist", (T + 1, N, H), dtype) if self.has_cell_state else None,
+            h_hist=h_hist,
+            c_hist=c_hist,
             WhT=WhT,
             scratchT=ws.take("scratchT", (WhT.shape[0], N), dtype),
             routes=routes,
             activations=self._activation_views(T, N, H, dtype),
+            hs_shape=(N, T, H),
+            h_last=h_hist[T],
+            c_last=None if c_hist is None else c_hist[T],
+            no_state=ws.take("no_state", (0, H), dtype),
         )
         self._forward_views = (key, views)
         return views
@@ -175,7 +199,7 @@ class _Recurrence:
             views[name] = self.ws.take(name, (T, N, H), dtype)
         return views
 
-    def _run_forward(self, hs, views, Wx, Wh, b):
+    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         raise NotImplementedError
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
@@ -193,6 +217,10 @@ class _ForwardViews:
     scratchT: np.ndarray  # (G*H or 0, N)
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
+    hs_shape: tuple  # (N, T, H)
+    h_last: np.ndarray  # h_hist[T], the final state
+    c_last: np.ndarray | None  # c_hist[T]
+    no_state: np.ndarray  # (0, H): tells the kernel to start from zeros
 
 
 def _copy_transposed(WhT, Wh):
@@ -211,8 +239,10 @@ def _set_initial(buffer, value):
 class _RNNRecurrence(_Recurrence):
     gates = 1
 
-    def _run_forward(self, hs, views, Wx, Wh, b):
-        kernels.rnn_forward(hs, views.h_hist, views.scratchT, views.xs_tm, Wx, Wh, b, views.WhT)
+    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
+        kernels.rnn_forward(
+            hs, views.h_hist, views.scratchT, views.xs_tm, xs, h0, Wx, Wh, b, views.WhT
+        )
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
         dA = self.ws.take("dA", (dhs.shape[1], dhs.shape[0], dhs.shape[2]), dh.dtype)
@@ -237,7 +267,7 @@ class _LSTMRecurrence(_Recurrence):
     has_cell_state = True
     step_activations = ("tanh_c",)
 
-    def _run_forward(self, hs, views, Wx, Wh, b):
+    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         act = views.activations
         kernels.lstm_forward(
             hs,
@@ -247,6 +277,9 @@ class _LSTMRecurrence(_Recurrence):
             views.h_hist,
             views.scratchT,
             views.xs_tm,
+            xs,
+            h0,
+            c0,
             Wx,
             Wh,
             b,
@@ -280,11 +313,11 @@ class _GRURecurrence(_Recurrence):
     gates = 3
     step_activations = ("rh",)
 
-    def _run_forward(self, hs, views, Wx, Wh, b):
+    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         act = views.activations
         kernels.gru_forward(
-            hs, act["gates"], act["rh"], views.h_hist, views.scratchT, views.xs_tm, Wx, Wh, b,
-            views.WhT,
+            hs, act["gates"], act["rh"], views.h_hist, views.scratchT, views.xs_tm, xs, h0,
+            Wx, Wh, b, views.WhT,
         )  # fmt: skip
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
@@ -323,20 +356,9 @@ class _CheckedCall:
         self.Wx, self.Wh, self.b = Wx, Wh, b
         self.xs_shape: tuple = xs_shape
         self.xs_dtype: np.dtype = xs_dtype
-        self.layout: tuple = layout  # _layout of the parameters
+        self.layout: tuple = layout  # layout() of the parameters
         self.h: np.ndarray = h  # the states the call left, (N, H)
         self.c: np.ndarray | None = c
-
-
-def _layout(params) -> tuple:
-    """Shapes, strides and dtypes of the three parameter arrays: all an array can change
-    in place."""
-    Wx, Wh, b = params
-    return (
-        Wx.shape, Wx.strides, Wx.dtype,
-        Wh.shape, Wh.strides, Wh.dtype,
-        b.shape, b.strides, b.dtype,
-    )  # fmt: skip
 
 
 def _to_batch_major(tm):
@@ -422,7 +444,7 @@ class _TimeLayer:
             return None
         if xs.shape != last.xs_shape or xs.dtype != last.xs_dtype:
             return None
-        if _layout(params) != last.layout:
+        if layout(*params) != last.layout:
             return None
         h0 = c0 = None
         if self.stateful:
@@ -435,8 +457,11 @@ class _TimeLayer:
                     return None
         return xs, Wx, Wh, b, h0, c0
 
-    def _run_forward(self, xs, Wx, Wh, b, h0, c0):
-        hs, h_last, c_last = self._engine.forward(xs, Wx, Wh, b, h0, c0)
+    def _run_forward(self, xs, Wx, Wh, b, h0, c0, ready=False):
+        """Run the engine and keep the states it left; ``ready`` when every array already
+        :func:`fits_kernels` (a repeated call's own states)."""
+        run = self._engine.forward_ready if ready else self._engine.forward
+        hs, h_last, c_last = run(xs, Wx, Wh, b, h0, c0)
         self.h = h_last.copy()
         if c_last is not None:
             self.c = c_last.copy()
@@ -456,7 +481,7 @@ class _TimeLayer:
             # The parameters ran as they are (not as contiguous copies): a repeat of this
             # call may skip the checks.
             self._last_call = _CheckedCall(
-                Wx, Wh, b, xs.shape, xs.dtype, _layout(params), self.h, getattr(self, "c", None)
+                Wx, Wh, b, xs.shape, xs.dtype, layout(*params), self.h, getattr(self, "c", None)
             )
         else:
             self._last_call = None
@@ -480,7 +505,11 @@ class _TimeLayer:
             hs = self._run_forward(*args)
             self._remember_call(*args[:4])
         else:
-            hs = self._run_forward(*args)
+            # The states are the layer's own copies from the last call, checked in shape
+            # and dtype: only xs may need converting.
+            xs, Wx, Wh, b, h0, c0 = args
+            xs = kernel_ready(xs, Wx.dtype, self._engine.ws, "xs_in")
+            hs = self._run_forward(xs, Wx, Wh, b, h0, c0, ready=True)
             # the same call, but for the states it leaves
             last = self._last_call
             last.h, last.c = self.h, getattr(self, "c", None)

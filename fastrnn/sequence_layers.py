@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _kernels_sequence as kernels
 from ._validation import (
+    RepeatedCall,
     check_affine_params,
     check_binary_labels,
     check_dropout_ratio,
@@ -106,6 +107,7 @@ class TimeEmbedding:
         self.grads = [np.zeros_like(W)]
         self._ws = Workspace()
         self._saved = None  # (ids, W) of the last forward
+        self._last_call = None  # RepeatedCall of the last checked forward, when W ran as is
 
     @property
     def W(self):
@@ -128,17 +130,28 @@ class TimeEmbedding:
         out : (N, T, D) array
             A fresh array in ``W``'s dtype.
         """
-        W = check_embedding_params(self.params)
-        require_array("xs", xs)
-        require_integer("xs", xs)
-        if xs.ndim != 2:
-            raise ValueError(f"xs must have shape (N, T), got {xs.shape}")
+        last = self._last_call
+        if last is not None and last.repeats(self.params, xs):
+            # The checks below hold as they did (the ids aside): same W, same ids buffer.
+            W = weight = last.params[0]
+            ids = last.ready
+        else:
+            W = check_embedding_params(self.params)
+            require_array("xs", xs)
+            require_integer("xs", xs)
+            if xs.ndim != 2:
+                raise ValueError(f"xs must have shape (N, T), got {xs.shape}")
+            weight = kernel_ready(W, W.dtype, self._ws, "W")
+            ids = self._ws.take("ids", xs.shape, _INT64)
+            # A copy of W must be made afresh on every call: no short way then.
+            self._last_call = RepeatedCall(self.params, xs, ids) if weight is W else None
         V, D = W.shape
         check_ids("xs", xs, V)
-        N, T = xs.shape
-        ids = _copy_ids(self._ws, xs)
-        out = np.empty((N, T, D), dtype=W.dtype)
-        kernels.embedding_forward(out, ids, kernel_ready(W, W.dtype, self._ws, "W"))
+        # The layer's own copy: the caller may change xs before backward, whose kernel must
+        # only see ids that were checked. (uint64 included: the ids are known to fit.)
+        np.copyto(ids, xs, casting="unsafe")
+        out = np.empty((*xs.shape, D), dtype=W.dtype)
+        kernels.embedding_forward(out, ids, weight)
         self._saved = (ids, W)
         return out
 
@@ -209,6 +222,9 @@ class TimeAffine:
         self.x = None
         self._ws = Workspace()
         self._saved = None  # what the last forward left for backward
+        # RepeatedCall of the last checked forward whose W and b ran as they are, with
+        # ready = (weight, transposed) from _kernel_weight
+        self._last_call = None
 
     def _kernel_weight(self, W):
         """``(W, False)``, or ``(W.T, True)`` when ``W`` is a transposed view (weight
@@ -232,19 +248,24 @@ class TimeAffine:
         out : (N, T, M) array
             A fresh array in ``W``'s dtype.
         """
-        W, b = check_affine_params(self.params)
-        D, M = W.shape
-        N, T = check_sequence("x", x, D, "D")
+        last = self._last_call
+        if last is not None and last.repeats(self.params, x):
+            (W, b), (weight, transposed) = last.params, last.ready
+            bias = b
+        else:
+            W, b = check_affine_params(self.params)
+            check_sequence("x", x, W.shape[0], "D")
+            weight, transposed = self._kernel_weight(W)
+            bias = kernel_ready(b, W.dtype, self._ws, "b")
+            fits = (weight is W or transposed) and bias is b  # no copy to refresh next call
+            self._last_call = RepeatedCall(self.params, x, (weight, transposed)) if fits else None
+        N, T = x.shape[0], x.shape[1]
         dtype = W.dtype
         x = kernel_ready(x, dtype, self._ws, "x")
-        weight, transposed = self._kernel_weight(W)
-        rows = x.reshape(N * T, D)  # the layer's own view: the kernels trust its shape
-        out = np.empty((N, T, M), dtype=dtype)
-        kernels.affine_forward(
-            out.reshape(N * T, M), rows, weight, kernel_ready(b, dtype, self._ws, "b"), transposed
-        )
+        out = np.empty((N, T, W.shape[1]), dtype=dtype)
+        kernels.affine_forward(out, x, weight, bias, transposed)
         self.x = x
-        self._saved = (rows, W, b, weight, transposed, N, T)
+        self._saved = (x, W, b, weight, transposed, N, T)
         return out
 
     def backward(self, dout):
@@ -262,8 +283,9 @@ class TimeAffine:
         """
         if self._saved is None:
             raise _before_forward(self)
-        rows, W, b, weight, transposed, N, T = self._saved
+        x, W, b, weight, transposed, N, T = self._saved
         D, M = W.shape
+        rows = x.reshape(N * T, D)  # the layer's own view: the kernels trust its shape
         check_grads(self.grads, [W, b])
         check_gradient("dout", dout, (N, T, M), _LAST_OUTPUT)
         dtype = W.dtype

@@ -1,6 +1,6 @@
-"""A forward that repeats the last one skips the argument checks (``_repeated_call``): a
-decoding loop calls with N = T = 1 thousands of times, where the checks cost as much as the
-kernel. Here: everything that can change between two calls is still caught, before any
+"""A forward that repeats the last one skips the argument checks (``_repeated_call``, and
+``RepeatedCall`` for TimeEmbedding and TimeAffine): a decoding loop calls with N = T = 1
+thousands of times, where the checks cost as much as the kernel. Here: everything that can change between two calls is still caught, before any
 kernel runs, and repeated calls give the reference's numbers.
 
 Each test first makes two good calls, so that the second one already took the short way.
@@ -14,6 +14,7 @@ from _support import GATES, TOLERANCE, KernelSpy, make_params
 
 import fastrnn
 import fastrnn._kernels as kernels_module
+import fastrnn._kernels_sequence as sequence_kernels
 from fastrnn import _planner, reference
 
 KINDS = ("TimeRNN", "TimeLSTM", "TimeGRU")
@@ -197,3 +198,149 @@ def test_a_non_contiguous_parameter_never_takes_the_short_way():
         np.testing.assert_allclose(fast.forward(xs), ref.forward(xs), **TOLERANCE[np.dtype("f8")])
         Wh_f *= 0.9
         ref.params[1] *= 0.9
+
+
+# --------------------------------------------------------------------------------------
+# TimeEmbedding and TimeAffine: the same short way (RepeatedCall), the same guarantees
+# --------------------------------------------------------------------------------------
+
+
+V, M = 7, 6
+
+
+@pytest.fixture
+def sequence_spy(monkeypatch):
+    return KernelSpy().install(
+        monkeypatch, sequence_kernels, ("embedding_forward", "affine_forward")
+    )
+
+
+def _armed_embedding(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((V, D)).astype(dtype)
+    fast, ref = fastrnn.TimeEmbedding(W), reference.TimeEmbedding(W.copy())
+    xs = rng.integers(0, V, (N, T))
+    for _ in range(2):
+        np.testing.assert_array_equal(fast.forward(xs), ref.forward(xs))
+    assert fast._last_call is not None  # the next call at this shape may take the short way
+    return fast, ref, xs
+
+
+def _armed_affine(dtype=np.float64, tied=False, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((M, D) if tied else (D, M)).astype(dtype)
+    W = W.T if tied else W  # tied: a transposed view, as the book passes embed_W.T
+    b = rng.standard_normal(M).astype(dtype)
+    fast, ref = fastrnn.TimeAffine(W, b), reference.TimeAffine(W.copy(), b.copy())
+    x = rng.standard_normal((N, T, D)).astype(dtype)
+    for _ in range(2):
+        np.testing.assert_allclose(fast.forward(x), ref.forward(x), **TOLERANCE[np.dtype(dtype)])
+    assert fast._last_call is not None
+    return fast, ref, x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_repeated_embedding_calls_track_the_reference(dtype):
+    fast, ref, _ = _armed_embedding(dtype)
+    rng = np.random.default_rng(1)
+    for step in range(4):
+        xs = rng.integers(0, V, (N, T))
+        fast.params[0] -= 0.01 * step  # in place, as an optimizer updates it
+        ref.params[0] -= 0.01 * step
+        np.testing.assert_array_equal(fast.forward(xs), ref.forward(xs.copy()))
+    dout = rng.standard_normal((N, T, D)).astype(dtype)
+    xs[...] = 0  # the caller reuses its ids array: backward uses the ids forward saw
+    fast.backward(dout)
+    ref.backward(dout)
+    np.testing.assert_allclose(fast.grads[0], ref.grads[0], **TOLERANCE[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("bad", [V, -1], ids=["too-large", "negative"])
+def test_a_repeated_embedding_call_checks_its_ids(bad, sequence_spy):
+    fast, ref, xs = _armed_embedding()
+    bad_xs = xs.copy()
+    bad_xs[-1, -1] = bad
+    _raises_before_any_kernel(
+        sequence_spy, ValueError, ["xs", str(bad)], lambda: fast.forward(bad_xs)
+    )
+    np.testing.assert_array_equal(fast.forward(xs), ref.forward(xs))  # still usable
+
+
+def test_a_single_id_is_checked_on_the_short_way(sequence_spy):
+    """A generation step, (1, 1): the ids check has its own branch for one id."""
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((V, D))
+    fast = fastrnn.TimeEmbedding(W)
+    for word in (0, V - 1, 3):
+        np.testing.assert_array_equal(fast.forward(np.array([[word]])), W[[[word]]])
+    for bad in (V, -1):
+        _raises_before_any_kernel(
+            sequence_spy, ValueError, ["xs", str(bad)], lambda b=bad: fast.forward(np.array([[b]]))
+        )
+
+
+def test_a_replaced_or_reshaped_embedding_weight_is_checked(sequence_spy):
+    fast, _, xs = _armed_embedding()
+    fast.params[0] = np.zeros(V * D)
+    _raises_before_any_kernel(sequence_spy, ValueError, ["W", "(V, D)"], lambda: fast.forward(xs))
+    fast, _, xs = _armed_embedding()
+    fast.params[0].shape = (V * D,)  # the same object, another shape
+    _raises_before_any_kernel(sequence_spy, ValueError, ["W", "(V, D)"], lambda: fast.forward(xs))
+    fast, _, xs = _armed_embedding()
+    _raises_before_any_kernel(
+        sequence_spy, TypeError, ["xs", "float64"], lambda: fast.forward(xs.astype(np.float64))
+    )
+
+
+def test_another_ids_shape_or_dtype_still_matches():
+    fast, ref, xs = _armed_embedding()
+    for other in (xs[:, :1], xs.astype(np.int32), xs[::-1, ::-1]):  # strided too
+        np.testing.assert_array_equal(fast.forward(other), ref.forward(other))
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["own", "tied"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_repeated_affine_calls_track_the_reference(dtype, tied):
+    fast, ref, _ = _armed_affine(dtype, tied)
+    tolerance = TOLERANCE[np.dtype(dtype)]
+    rng = np.random.default_rng(1)
+    for step in range(4):
+        x = rng.standard_normal((N, T, D)).astype(dtype)
+        for p, q in zip(fast.params, ref.params, strict=True):
+            p -= 0.01 * step
+            q -= 0.01 * step
+        np.testing.assert_allclose(fast.forward(x), ref.forward(x), **tolerance)
+    dout = rng.standard_normal((N, T, M)).astype(dtype)
+    np.testing.assert_allclose(fast.backward(dout), ref.backward(dout), **tolerance)
+    for g, r in zip(fast.grads, ref.grads, strict=True):
+        np.testing.assert_allclose(g, r, **tolerance)
+
+
+def test_a_replaced_or_reshaped_affine_parameter_is_checked(sequence_spy):
+    fast, _, x = _armed_affine()
+    fast.params[1] = np.zeros(M + 1)
+    _raises_before_any_kernel(
+        sequence_spy, ValueError, ["b", f"({M},)", f"({M + 1},)"], lambda: fast.forward(x)
+    )
+    fast, _, x = _armed_affine()
+    fast.params[0].shape = (M, D)  # the same object, another shape
+    _raises_before_any_kernel(sequence_spy, ValueError, ["b", f"({D},)"], lambda: fast.forward(x))
+    fast, _, x = _armed_affine()
+    _raises_before_any_kernel(
+        sequence_spy, ValueError, ["x", f"D={D}"], lambda: fast.forward(x[..., :-1])
+    )
+
+
+def test_an_affine_weight_that_needs_a_copy_never_takes_the_short_way():
+    """A weight that is neither C-contiguous nor a transposed C-contiguous array runs as a
+    copy made afresh every call, so in-place updates are seen."""
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((2 * D, M))[::2]  # every other row: no contiguous layout
+    b = rng.standard_normal(M)
+    fast, ref = fastrnn.TimeAffine(W, b), reference.TimeAffine(W.copy(), b.copy())
+    x = rng.standard_normal((N, T, D))
+    for _ in range(3):
+        np.testing.assert_allclose(fast.forward(x), ref.forward(x), **TOLERANCE[np.dtype("f8")])
+        assert fast._last_call is None
+        W *= 0.9
+        ref.params[0] *= 0.9
