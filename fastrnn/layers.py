@@ -444,7 +444,7 @@ class _TimeLayer:
             return None
         if xs.shape != last.xs_shape or xs.dtype != last.xs_dtype:
             return None
-        if layout(*params) != last.layout:
+        if layout(Wx, Wh, b) != last.layout:
             return None
         h0 = c0 = None
         if self.stateful:

@@ -303,6 +303,8 @@ class TimeAffine:
             dW_transposed = False
         db_target = db if fits_kernels(db, dtype) else self._ws.take("db", (M,), dtype)
         dx = np.empty((N, T, D), dtype=dtype)
+        ones = self._ws.take("ones", (1, N * T), dtype)
+        ones.fill(1)
         kernels.affine_backward(
             dx.reshape(N * T, D),
             dW_target,
@@ -310,6 +312,7 @@ class TimeAffine:
             dout,
             rows,
             weight,
+            ones,
             transposed,
             dW_transposed,
         )
