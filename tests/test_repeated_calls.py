@@ -1,7 +1,8 @@
 """A forward that repeats the last one skips the argument checks (``_repeated_call``, and
 ``RepeatedCall`` for TimeEmbedding and TimeAffine): a decoding loop calls with N = T = 1
-thousands of times, where the checks cost as much as the kernel. Here: everything that can change between two calls is still caught, before any
-kernel runs, and repeated calls give the reference's numbers.
+thousands of times, where the checks cost as much as the kernel. Here: everything that can
+change between two calls is still caught, before any kernel runs, and repeated calls give
+the reference's numbers.
 
 Each test first makes two good calls, so that the second one already took the short way.
 """
