@@ -264,12 +264,11 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0,
         Out: the initial state and the state after every step.
     scratchT : (4H, N) array
         Scratch, used with ``WhT``.
-    xs_tm : (T, N, D) array
-        Out: a time-major copy of ``xs``, kept for the backward pass.
-    xs : (N, T, D) array
-        The inputs, as the caller gave them.
-    h0, c0 : (N, H) or (0, H) arrays
-        The initial states; empty for zeros.
+    xs_tm, xs, h0 : arrays
+        As in :func:`rnn_forward`: the time-major copy the kernel makes of the caller's
+        ``xs`` (N, T, D), and the initial state, (0, H) for zeros.
+    c0 : (N, H) or (0, H) array
+        The initial cell state; empty for zeros.
     Wx : (D, 4H) array
     Wh : (H, 4H) array
     b : (4H,) array
@@ -396,12 +395,9 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
         Out: the initial state and the state after every step.
     scratchT : (3H, N) array
         Scratch, used with ``WhT``.
-    xs_tm : (T, N, D) array
-        Out: a time-major copy of ``xs``, kept for the backward pass.
-    xs : (N, T, D) array
-        The inputs, as the caller gave them.
-    h0 : (N, H) or (0, H) array
-        The initial state; empty for zeros.
+    xs_tm, xs, h0 : arrays
+        As in :func:`rnn_forward`: the time-major copy the kernel makes of the caller's
+        ``xs`` (N, T, D), and the initial state, (0, H) for zeros.
     Wx : (D, 3H) array
     Wh : (H, 3H) array
     b : (3H,) array
