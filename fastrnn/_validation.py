@@ -383,8 +383,9 @@ class RepeatedCall:
     check of its parameters and of its input's type, shape and dtype holds for it. Values
     (word ids, say) are the caller's to check on every call.
 
-    ``ready`` holds what the layer derived from the checked parameters (arrays the kernels
-    take, views), reusable for as long as the call repeats.
+    ``ready`` holds what the layer derived from the checked call (the arrays its kernels
+    take, workspace buffers for the input's shape), reusable for as long as the call
+    repeats.
     """
 
     __slots__ = ("params", "layout", "shape", "dtype", "ready")
