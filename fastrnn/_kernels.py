@@ -103,21 +103,25 @@ def _load_state(state0, given):
         state0[:, :] = 0
         return
     for n in range(state0.shape[0]):
-        dst, src = state0[n], given[n]
-        for j in range(dst.size):
-            dst[j] = src[j]
+        _copy_row(state0[n], given[n])
 
 
 @helper
 def _load_sequence(xs_tm, xs):
     """Copy the caller's batch-major ``xs`` (N, T, D) into the time-major ``xs_tm``
     (T, N, D), where the backward pass finds it however the caller reuses ``xs``."""
-    N, T, D = xs.shape
+    N, T = xs.shape[0], xs.shape[1]
     for t in range(T):
         for n in range(N):
-            dst, src = xs_tm[t, n], xs[n, t]
-            for j in range(D):
-                dst[j] = src[j]
+            _copy_row(xs_tm[t, n], xs[n, t])
+
+
+@helper
+def _copy_row(dst, src):
+    """``dst[:] = src`` for two rows of one length, as a plain loop: Numba's slice
+    assignment costs about a microsecond more per call, which a decoding step notices."""
+    for j in range(dst.size):
+        dst[j] = src[j]
 
 
 @helper

@@ -383,9 +383,9 @@ class RepeatedCall:
     check of its parameters and of its input's type, shape and dtype holds for it. Values
     (word ids, say) are the caller's to check on every call.
 
-    ``ready`` holds what the layer derived from the checked call (the arrays its kernels
-    take, workspace buffers for the input's shape), reusable for as long as the call
-    repeats.
+    ``ready`` holds what the layer keeps with the checked call: the arrays its kernels take
+    and workspace buffers for the input's shape, reusable for as long as the call repeats,
+    or, for a recurrent layer, the states the last call left.
     """
 
     __slots__ = ("params", "layout", "shape", "dtype", "ready")
@@ -405,7 +405,6 @@ class RepeatedCall:
             return False
         if type(params) is not list or len(params) != len(self.params):
             return False
-        for p, q in zip(params, self.params, strict=True):
-            if p is not q:
-                return False
+        if not all(map(operator.is_, params, self.params)):
+            return False
         return layout(*params) == self.layout

@@ -27,12 +27,12 @@ from . import _kernels as kernels
 from ._planner import generation as plan_generation
 from ._planner import plan
 from ._validation import (
+    RepeatedCall,
     check_grads,
     check_params,
     check_sequence,
     check_state,
     check_step,
-    layout,
     require_array,
     require_float,
 )
@@ -343,24 +343,6 @@ class _GRURecurrence(_Recurrence):
         )
 
 
-class _CheckedCall:
-    """What a checked forward ran with, and the states it left (see ``_repeated_call``).
-
-    A plain record rather than a NamedTuple: a decoding loop updates ``h`` and ``c`` on
-    every call, and assigning two attributes costs a fraction of ``_replace``.
-    """
-
-    __slots__ = ("Wx", "Wh", "b", "xs_shape", "xs_dtype", "layout", "h", "c")
-
-    def __init__(self, Wx, Wh, b, xs_shape, xs_dtype, layout, h, c):
-        self.Wx, self.Wh, self.b = Wx, Wh, b
-        self.xs_shape: tuple = xs_shape
-        self.xs_dtype: np.dtype = xs_dtype
-        self.layout: tuple = layout  # layout() of the parameters
-        self.h: np.ndarray = h  # the states the call left, (N, H)
-        self.c: np.ndarray | None = c
-
-
 def _to_batch_major(tm):
     """A fresh C-contiguous (N, T, .) copy of a time-major (T, N, .) buffer."""
     # Not np.ascontiguousarray: with N == 1 or T == 1 the transpose is already contiguous
@@ -434,22 +416,14 @@ class _TimeLayer:
         N = T = 1 thousands of times, where they cost as much as the kernel.
         """
         last = self._last_call
-        if last is None or type(xs) is not np.ndarray:
+        if last is None or not last.repeats(self.params, xs):
             return None
-        params = self.params
-        if type(params) is not list or len(params) != 3:
-            return None
-        Wx, Wh, b = params
-        if Wx is not last.Wx or Wh is not last.Wh or b is not last.b:
-            return None
-        if xs.shape != last.xs_shape or xs.dtype != last.xs_dtype:
-            return None
-        if layout(Wx, Wh, b) != last.layout:
-            return None
+        Wx, Wh, b = last.params
         h0 = c0 = None
         if self.stateful:
             h0, c0 = self.h, getattr(self, "c", None)
-            if h0 is not last.h or c0 is not last.c:
+            left_h, left_c = last.ready  # the states the last call left
+            if h0 is not left_h or c0 is not left_c:
                 return None
             state_shape = (xs.shape[0], Wh.shape[0])  # (N, H), as the last call left them
             for state in (h0, c0):
@@ -479,10 +453,8 @@ class _TimeLayer:
             and params[2] is b
         ):
             # The parameters ran as they are (not as contiguous copies): a repeat of this
-            # call may skip the checks.
-            self._last_call = _CheckedCall(
-                Wx, Wh, b, xs.shape, xs.dtype, layout(*params), self.h, getattr(self, "c", None)
-            )
+            # call may skip the checks. ready: the states it left.
+            self._last_call = RepeatedCall(params, xs, (self.h, getattr(self, "c", None)))
         else:
             self._last_call = None
 
@@ -511,8 +483,7 @@ class _TimeLayer:
             xs = kernel_ready(xs, Wx.dtype, self._engine.ws, "xs_in")
             hs = self._run_forward(xs, Wx, Wh, b, h0, c0, ready=True)
             # the same call, but for the states it leaves
-            last = self._last_call
-            last.h, last.c = self.h, getattr(self, "c", None)
+            self._last_call.ready = (self.h, getattr(self, "c", None))
         return hs
 
     def _check_backward(self, dhs, width_factor=1):
