@@ -65,6 +65,7 @@ from numba.core.dispatcher import Dispatcher
 
 import fastrnn
 from fastrnn import _kernels as kernels
+from fastrnn import _tiles as tiles
 from fastrnn._blas import gemm as _gemm
 from fastrnn._cli import (
     GATES,
@@ -94,6 +95,18 @@ from fastrnn._math import fast_sigmoid, fast_tanh
 def fast_routes(layer):
     """The planner's routes that ``layer``'s last forward used (and its backward uses)."""
     return layer._engine.saved["routes"]
+
+
+def packed_weights(layer_name, packs, Wh, transposed):
+    """The panels (``Wh``, or ``Wh.T`` when ``transposed``) and the pool the layer's
+    kernels use when its plan packs the per-step products; empty ones otherwise."""
+    H, G = Wh.shape
+    depth, columns = (G, H) if transposed else (H, G)
+    if not packs or layer_name == "TimeGRU":
+        return np.empty((0, depth, tiles.PANEL), Wh.dtype), tiles.UNUSED_POOL
+    panels = np.empty((tiles.panel_count(columns), depth, tiles.PANEL), Wh.dtype)
+    kernels.repeat_pack(1, panels, Wh, transposed)
+    return panels, tiles.use_threads(tiles.new_pool(Wh.dtype))
 
 
 # --------------------------------------------------------------------------------------
@@ -127,42 +140,46 @@ def _repeat_recurrent_weight_grad(reps, dWh, h_hist, dA):
 
 
 @helper
-def _repeat_forward_recurrent_gemms(reps, out, h_hist, Wh, WhT, scratchT):
+def _repeat_forward_recurrent_gemms(reps, out, h_hist, Wh, WhT, scratchT, panels, pool):
     # RNN and LSTM: out[t] += h_{t-1} @ Wh for every step, as the kernels do it.
     for _ in range(reps):
         for t in range(out.shape[0]):
-            _recurrent_product(out[t], h_hist[t], Wh, WhT, scratchT)
+            _recurrent_product(out[t], h_hist[t], Wh, WhT, scratchT, panels, pool)
 
 
 @helper
-def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT):
+def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT, panels, pool):
     H = Wh.shape[0]
     Wh_zr = Wh[:, : 2 * H]
     Wh_h = Wh[:, 2 * H :]
     for _ in range(reps):
         for t in range(out.shape[0]):
             A = out[t]
-            _recurrent_product(A[:, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H])
-            _recurrent_product(A[:, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :])
+            _recurrent_product(
+                A[:, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels, pool
+            )
+            _recurrent_product(
+                A[:, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels, pool
+            )
 
 
 @helper
-def _repeat_backward_recurrent_products(reps, dh, dhT, dA, Wh, WhT, route):
+def _repeat_backward_recurrent_products(reps, dh, dhT, dA, Wh, WhT, route, panels, pool):
     # RNN and LSTM: dh = dA_t @ Wh.T for every step, the way the kernels compute it.
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route)
+            _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route, panels, pool)
 
 
 @helper
-def _repeat_gru_backward_recurrent_products(reps, dh, dhr, dhT, dA, Wh, WhT, route):
+def _repeat_gru_backward_recurrent_products(reps, dh, dhr, dhT, dA, Wh, WhT, route, panels, pool):
     H = Wh.shape[0]
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route)
-            _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route)
+            _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route, panels, pool)
+            _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route, panels, pool)
 
 
 @helper
@@ -451,13 +468,22 @@ class Breakdown:
             WhT, scratchT = np.ascontiguousarray(Wh.T), np.empty((G * H, N), Wh.dtype)
         else:
             WhT, scratchT = np.empty((0, H), Wh.dtype), np.empty((0, N), Wh.dtype)
+        panels, pool = packed_weights(layer, routes.forward_packs, Wh, transposed=False)
+        packing = 0.0
+        if panels.shape[0]:
+            packing = self.add(
+                f,
+                "pack Wh into panels (in the kernel)",
+                lambda r: kernels.repeat_pack(r, panels, Wh, False),
+                "copies",
+            )
         if layer == "TimeGRU":
             rh = act["rh"]
             recurrent = self.add(
                 f,
                 f"GEMM recurrent h @ Wh ({2 * T} calls)",
                 lambda r: _repeat_gru_forward_recurrent_gemms(
-                    r, pre_scratch, h_hist, rh, Wh, WhT, scratchT
+                    r, pre_scratch, h_hist, rh, Wh, WhT, scratchT, panels, pool
                 ),
                 "GEMM",
                 2 * rows * H * G * H,
@@ -465,9 +491,9 @@ class Breakdown:
         else:
             recurrent = self.add(
                 f,
-                f"GEMM recurrent h @ Wh ({T} calls)",
+                f"GEMM recurrent h @ Wh ({T} calls{', packed' if panels.shape[0] else ''})",
                 lambda r: _repeat_forward_recurrent_gemms(
-                    r, pre_scratch, h_hist, Wh, WhT, scratchT
+                    r, pre_scratch, h_hist, Wh, WhT, scratchT, panels, pool
                 ),
                 "GEMM",
                 2 * rows * H * G * H,
@@ -477,8 +503,8 @@ class Breakdown:
         self.phases.append(
             Phase(
                 f,
-                "cell element-wise (kernel total - its GEMMs and the copy)",
-                kernel - projection - recurrent - copy_in,
+                "cell element-wise (kernel total - its GEMMs, the copy and the packing)",
+                kernel - projection - recurrent - copy_in - packing,
                 "element-wise",
             )
         )
@@ -545,12 +571,21 @@ class Breakdown:
             WhT = np.ascontiguousarray(Wh.T)
         else:
             WhT = np.empty((0, H), dtype)
+        panels, pool = packed_weights(layer, routes.backward_packs, Wh, transposed=True)
+        packing = 0.0
+        if panels.shape[0]:
+            packing = self.add(
+                b,
+                "pack Wh.T into panels (in the kernel)",
+                lambda r: kernels.repeat_pack(r, panels, Wh, True),
+                "copies",
+            )
         if layer == "TimeGRU":
             recurrent = self.add(
                 b,
                 f"GEMM recurrent dA @ Wh.T ({2 * T} calls, via _backprop_to_state)",
                 lambda r: _repeat_gru_backward_recurrent_products(
-                    r, dh_s, dhr_s, dhT_s, dA, Wh, WhT, routes.backward_code
+                    r, dh_s, dhr_s, dhT_s, dA, Wh, WhT, routes.backward_code, panels, pool
                 ),
                 "GEMM",
                 flop_recurrent,
@@ -558,9 +593,10 @@ class Breakdown:
         else:
             recurrent = self.add(
                 b,
-                f"GEMM recurrent dA @ Wh.T ({T} calls, via _backprop_to_state)",
+                f"GEMM recurrent dA @ Wh.T ({T} calls, via _backprop_to_state"
+                f"{', packed' if panels.shape[0] else ''})",
                 lambda r: _repeat_backward_recurrent_products(
-                    r, dh_s, dhT_s, dA, Wh, WhT, routes.backward_code
+                    r, dh_s, dhT_s, dA, Wh, WhT, routes.backward_code, panels, pool
                 ),
                 "GEMM",
                 flop_recurrent,
@@ -607,8 +643,8 @@ class Breakdown:
         self.phases.append(
             Phase(
                 b,
-                "cell element-wise (kernel total - its GEMMs)",
-                kernel - gemms,
+                "cell element-wise (kernel total - its GEMMs and the packing)",
+                kernel - gemms - packing,
                 "element-wise",
             )
         )

@@ -42,7 +42,7 @@ from numba.extending import overload
 
 from . import _jit
 
-__all__ = ["BINDING", "BlasBinding", "gemm"]
+__all__ = ["BINDING", "BlasBinding", "blas_threads", "gemm"]
 
 #: ``FASTRNN_BLAS``: ``numpy`` (the default) or ``scipy`` to force the fallback route.
 ROUTE_VARIABLE = "FASTRNN_BLAS"
@@ -82,6 +82,10 @@ class BlasBinding:
         fastrnn's name -> the library's symbol, for the bound entry points.
     reason : str or None
         Why the fallback route is used.
+    thread_dispatch : int
+        Address of OpenBLAS's ``gotoblas_pthread``, which runs a function on the library's
+        own threads (:mod:`fastrnn._tiles`); 0 when the library has none (MKL, OpenMP
+        builds of OpenBLAS, the fallback route).
     """
 
     route: str
@@ -90,6 +94,7 @@ class BlasBinding:
     int_bits: int = 32
     symbols: dict | None = None
     reason: str | None = None
+    thread_dispatch: int = 0
 
     def describe(self) -> str:
         """One line for humans, e.g. for ``python -m fastrnn``."""
@@ -184,15 +189,40 @@ def _bind_numpy_blas() -> BlasBinding:
         symbols, int_bits = found
         for ours, theirs in zip(SYMBOLS.values(), symbols.values(), strict=True):
             llvm.add_symbol(ours, _symbol_address(dll, theirs))
+        dispatch = 0
+        if api == "openblas" and lib.get("threading_layer") == "pthreads":
+            dispatch = _symbol_address(dll, "gotoblas_pthread") or 0
+            _bind_thread_count(dll)
         return BlasBinding(
             "numpy",
             library=path,
             api=api,
             int_bits=int_bits,
             symbols=dict(zip(SYMBOLS.values(), symbols.values(), strict=True)),
+            thread_dispatch=dispatch if _thread_count is not None else 0,
         )
     names = ", ".join(f"{lib.get('internal_api')} ({lib.get('filepath')})" for lib in candidates)
     return BlasBinding("scipy", reason=f"no CBLAS entry points found in {names}")
+
+
+_thread_count = None  # OpenBLAS's openblas_get_num_threads, through ctypes
+
+
+def _bind_thread_count(dll) -> None:
+    global _thread_count
+    for prefix, suffix in _OPENBLAS_AFFIXES:
+        function = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+        if function is not None:
+            function.restype = ctypes.c_int
+            function.argtypes = []
+            _thread_count = function
+            return
+
+
+def blas_threads() -> int:
+    """How many threads the bound OpenBLAS uses now (threadpoolctl's limits included); 1
+    when that cannot be asked."""
+    return 1 if _thread_count is None else max(1, _thread_count())
 
 
 def _warn_fallback(binding: BlasBinding) -> None:

@@ -43,6 +43,7 @@ KERNEL_MODULES = (
     "_jit.py",
     "_blas.py",
     "_math.py",
+    "_tiles.py",
     "_kernels.py",
     "_kernels_sequence.py",
     "_kernels_attention.py",
@@ -101,7 +102,8 @@ def disk_cache_requested() -> bool:
 _cache_warning_issued = False
 
 
-def _warn_no_cache(reason: str) -> None:
+def warn_no_cache(reason: str) -> None:
+    """Say once per process that kernels compile in memory, and why."""
     global _cache_warning_issued
     if not _cache_warning_issued:
         _cache_warning_issued = True
@@ -129,7 +131,7 @@ def _with_disk_cache(dispatcher):
     try:
         dispatcher._cache = KernelCache(dispatcher.py_func)
     except RuntimeError as err:  # Numba found no writable cache directory for this file
-        _warn_no_cache(str(err))
+        warn_no_cache(str(err))
     return dispatcher
 
 

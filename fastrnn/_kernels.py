@@ -34,14 +34,17 @@ from __future__ import annotations
 from ._blas import gemm
 from ._jit import helper, kernel
 from ._math import fast_sigmoid, fast_tanh
+from ._tiles import pack_panels, pack_panels_transposed, packed_product
 
 # --------------------------------------------------------------------------------------
 # Pieces shared by every cell type
 # --------------------------------------------------------------------------------------
 
-# Which BLAS orientation runs the per-step recurrent products fastest depends on the shape
-# and on the machine; :mod:`fastrnn._planner` measures the candidates and the layers pass its
-# choice in: a contiguous copy ``WT`` of ``W.T`` (or an empty one) and a backward route.
+# Which route runs the per-step recurrent products fastest depends on the shape and on the
+# machine; :mod:`fastrnn._planner` measures the candidates and the layers pass its choice in:
+# a contiguous copy ``WT`` of ``W.T`` (or an empty one), a backward route, and ``panels``:
+# when not empty, the products run packed (:mod:`fastrnn._tiles`) on the threads ``pool``
+# names, whatever the other two say. The kernels pack ``panels`` themselves, once per call.
 
 #: Backward routes of ``dA_t @ W.T``: the product as it is, ``(W @ dA_t.T).T`` through an
 #: (H, N) scratch, or ``dA_t @ WT`` against a contiguous copy ``WT`` of ``W.T``.
@@ -51,13 +54,17 @@ BACKPROP_VIA_WT = 2
 
 
 @helper
-def _recurrent_product(A, h_prev, W, WT, scratchT):
+def _recurrent_product(A, h_prev, W, WT, scratchT, panels, pool):
     """``A += h_prev @ W``: the per-step recurrent product of the forward pass.
 
-    ``A`` (N, G); ``h_prev`` (N, H); ``W`` (H, G). ``WT`` is either empty or holds
-    ``W.T`` (G, H), in which case the product goes through ``scratchT`` (G, N) in the
-    orientation that is faster for wide, small-batch products.
+    ``A`` (N, G); ``h_prev`` (N, H); ``W`` (H, G). With ``panels`` (ceil(G / 16), H, 16)
+    not empty, they hold ``W`` packed and the product runs on ``pool``'s threads. Else
+    ``WT`` is either empty or holds ``W.T`` (G, H), in which case the product goes through
+    ``scratchT`` (G, N) in the orientation that is faster for wide, small-batch products.
     """
+    if panels.shape[0] != 0:
+        packed_product(A, h_prev, panels, True, pool)
+        return
     if WT.shape[0] == 0:
         gemm(A, h_prev, W, False, False, True)
         return
@@ -72,12 +79,17 @@ def _recurrent_product(A, h_prev, W, WT, scratchT):
 
 
 @helper
-def _backprop_to_state(dh, dhT, dA_t, W, WT, accumulate, route):
+def _backprop_to_state(dh, dhT, dA_t, W, WT, accumulate, route, panels, pool):
     """``dh = dA_t @ W.T`` (``+=`` when ``accumulate``): the gradient of the previous state.
 
-    ``dh`` (N, H); ``dhT`` (H, N) scratch; ``dA_t`` (N, G); ``W`` (H, G). ``route`` is one
-    of the ``BACKPROP_*`` constants; with ``BACKPROP_VIA_WT``, ``WT`` holds ``W.T`` (G, H).
+    ``dh`` (N, H); ``dhT`` (H, N) scratch; ``dA_t`` (N, G); ``W`` (H, G). With ``panels``
+    (ceil(H / 16), G, 16) not empty, they hold ``W.T`` packed and the product runs on
+    ``pool``'s threads. Else ``route`` is one of the ``BACKPROP_*`` constants; with
+    ``BACKPROP_VIA_WT``, ``WT`` holds ``W.T`` (G, H).
     """
+    if panels.shape[0] != 0:
+        packed_product(dh, dA_t, panels, accumulate, pool)
+        return
     if route == BACKPROP_VIA_WT:
         gemm(dh, dA_t, WT, False, False, accumulate)
         return
@@ -163,7 +175,7 @@ def _recurrent_weight_grad(dWh, h_hist, dA):
 
 
 @kernel
-def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
+def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, pool):
     """Run a plain RNN over a sequence.
 
     Parameters
@@ -185,14 +197,21 @@ def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
     b : (H,) array
     WhT : (H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
+    panels : (ceil(G / 16), H, 16) or (0, H, 16) array
+        Out: ``Wh`` packed (``G`` its columns) when the plan packs the per-step products,
+        else empty.
+    pool : (1 + threads, 12) int64 array
+        The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs_tm.shape
     H = Wh.shape[0]
     _load_sequence(xs_tm, xs)
     _load_state(h_hist[0], h0)
+    if panels.shape[0] != 0:
+        pack_panels(panels, Wh)
     gemm(h_hist[1:].reshape((T * N, H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
-        _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT)
+        _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT, panels, pool)
         for n in range(N):
             h, out = h_hist[t + 1, n], hs[n, t]
             for j in range(H):
@@ -202,7 +221,7 @@ def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
 
 
 @kernel
-def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, route):
+def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, route, panels, pool):
     """Backpropagate through a plain RNN sequence.
 
     Parameters
@@ -226,10 +245,16 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
         A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
     route : int
         How the per-step ``dA_t @ Wh.T`` runs: a ``BACKPROP_*`` constant.
+    panels : (ceil(H / 16), G, 16) or (0, G, 16) array
+        Out: ``Wh.T`` packed when the plan packs the per-step products, else empty.
+    pool : (1 + threads, 12) int64 array
+        The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
+    if panels.shape[0] != 0:
+        pack_panels_transposed(panels, Wh)
     for t in range(T - 1, -1, -1):
         for n in range(N):
             da = dA[t, n]
@@ -237,7 +262,7 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
             dh_n, dhs_n = dh[n], dhs[n, t]
             for j in range(H):
                 da[j] = (dhs_n[j] + dh_n[j]) * (one - h[j] * h[j])
-        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route)
+        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route, panels, pool)
     rows = T * N
     _input_side_grads(
         dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, H)), xs.reshape((rows, D)), Wx
@@ -251,7 +276,9 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
 
 
 @kernel
-def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0, Wx, Wh, b, WhT):
+def lstm_forward(
+    hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0, Wx, Wh, b, WhT, panels, pool
+):
     """Run an LSTM over a sequence.
 
     Parameters
@@ -278,6 +305,11 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0,
     b : (4H,) array
     WhT : (4H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
+    panels : (ceil(G / 16), H, 16) or (0, H, 16) array
+        Out: ``Wh`` packed (``G`` its columns) when the plan packs the per-step products,
+        else empty.
+    pool : (1 + threads, 12) int64 array
+        The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs_tm.shape
     H = Wh.shape[0]
@@ -285,9 +317,11 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0,
     _load_sequence(xs_tm, xs)
     _load_state(h_hist[0], h0)
     _load_state(c_hist[0], c0)
+    if panels.shape[0] != 0:
+        pack_panels(panels, Wh)
     gemm(gates.reshape((T * N, 4 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
-        _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT)
+        _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT, panels, pool)
         for n in range(N):
             a = gates[t, n]
             f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
@@ -314,7 +348,26 @@ def lstm_forward(hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0,
 
 @kernel
 def lstm_backward(
-    dxs, dWx, dWh, db, dh, dc, dhT, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, WhT, route
+    dxs,
+    dWx,
+    dWh,
+    db,
+    dh,
+    dc,
+    dhT,
+    dA,
+    dhs,
+    gates,
+    c_hist,
+    tanh_c,
+    h_hist,
+    xs,
+    Wx,
+    Wh,
+    WhT,
+    route,
+    panels,
+    pool,
 ):
     """Backpropagate through an LSTM sequence.
 
@@ -339,10 +392,16 @@ def lstm_backward(
         A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
     route : int
         How the per-step ``dA_t @ Wh.T`` runs: a ``BACKPROP_*`` constant.
+    panels : (ceil(H / 16), G, 16) or (0, G, 16) array
+        Out: ``Wh.T`` packed when the plan packs the per-step products, else empty.
+    pool : (1 + threads, 12) int64 array
+        The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
+    if panels.shape[0] != 0:
+        pack_panels_transposed(panels, Wh)
     for t in range(T - 1, -1, -1):
         for n in range(N):
             a = gates[t, n]
@@ -369,7 +428,7 @@ def lstm_backward(
                 di[j] = ds[j] * g[j] * i[j] * (one - i[j])
             for j in range(H):
                 ds[j] *= f[j]
-        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route)
+        _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route, panels, pool)
     rows = T * N
     _input_side_grads(
         dxs.reshape((rows, D)), dWx, db, dA.reshape((rows, 4 * H)), xs.reshape((rows, D)), Wx
@@ -384,7 +443,7 @@ def lstm_backward(
 
 
 @kernel
-def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
+def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, pool):
     """Run a GRU over a sequence.
 
     Parameters
@@ -407,6 +466,11 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
     b : (3H,) array
     WhT : (3H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
+    panels : (0, H, 16) array
+        Empty: the GRU's products are not packed (its two per-step products would need
+        panels of two shapes). Passed so that the three cells share the step helpers.
+    pool : (1 + threads, 12) int64 array
+        Unused while ``panels`` is empty.
     """
     T, N, D = xs_tm.shape
     H = Wh.shape[0]
@@ -417,7 +481,9 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
     gemm(gates.reshape((T * N, 3 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     for t in range(T):
-        _recurrent_product(gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H])
+        _recurrent_product(
+            gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels, pool
+        )
         for n in range(N):
             a = gates[t, n]
             zr, r = a[: 2 * H], a[H : 2 * H]
@@ -427,7 +493,9 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
                 zr[j] = fast_sigmoid(zr[j] + b_zr[j])
             for j in range(H):
                 rh_n[j] = r[j] * h_prev[j]
-        _recurrent_product(gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :])
+        _recurrent_product(
+            gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels, pool
+        )
         for n in range(N):
             a = gates[t, n]
             z, h_cand = a[:H], a[2 * H :]
@@ -443,7 +511,25 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT):
 
 @kernel
 def gru_backward(
-    dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs, Wx, Wh, WhT, route
+    dxs,
+    dWx,
+    dWh,
+    db,
+    dh,
+    dhr,
+    dhT,
+    dA,
+    dhs,
+    gates,
+    rh,
+    h_hist,
+    xs,
+    Wx,
+    Wh,
+    WhT,
+    route,
+    panels,
+    pool,
 ):
     """Backpropagate through a GRU sequence.
 
@@ -470,6 +556,11 @@ def gru_backward(
         A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
     route : int
         How the per-step products with ``Wh.T`` run: a ``BACKPROP_*`` constant.
+    panels : (0, 3H, 16) array
+        Empty: the GRU's products are not packed (its two per-step products would need
+        panels of two shapes). Passed so that the three cells share the step helpers.
+    pool : (1 + threads, 12) int64 array
+        Unused while ``panels`` is empty.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
@@ -493,7 +584,7 @@ def gru_backward(
                 dz[j] = dh_n[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
             for j in range(H):
                 dh_n[j] *= one - z[j]
-        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route)
+        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route, panels, pool)
         for n in range(N):
             r = gates[t, n, H : 2 * H]
             dr = dA[t, n, H : 2 * H]
@@ -504,7 +595,7 @@ def gru_backward(
                 dh_n[j] += r[j] * dhr_n[j]
             for j in range(H):
                 dr[j] = dhr_n[j] * h_prev[j] * r[j] * (one - r[j])
-        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route)
+        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route, panels, pool)
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
     _input_side_grads(dxs.reshape((rows, D)), dWx, db, dA2d, xs.reshape((rows, D)), Wx)
@@ -518,14 +609,24 @@ def gru_backward(
 
 
 @kernel
-def repeat_recurrent_product(reps, A, h_prev, W, WT, scratchT):
+def repeat_recurrent_product(reps, A, h_prev, W, WT, scratchT, panels, pool):
     """Run :func:`_recurrent_product` ``reps`` times (for :mod:`fastrnn._planner`)."""
     for _ in range(reps):
-        _recurrent_product(A, h_prev, W, WT, scratchT)
+        _recurrent_product(A, h_prev, W, WT, scratchT, panels, pool)
 
 
 @kernel
-def repeat_backprop_to_state(reps, dh, dhT, dA_t, W, WT, route):
+def repeat_backprop_to_state(reps, dh, dhT, dA_t, W, WT, route, panels, pool):
     """Run :func:`_backprop_to_state` ``reps`` times (for :mod:`fastrnn._planner`)."""
     for _ in range(reps):
-        _backprop_to_state(dh, dhT, dA_t, W, WT, False, route)
+        _backprop_to_state(dh, dhT, dA_t, W, WT, False, route, panels, pool)
+
+
+@kernel
+def repeat_pack(reps, panels, W, transposed):
+    """Pack ``W`` (or ``W.T``) into ``panels`` ``reps`` times (for :mod:`fastrnn._planner`)."""
+    for _ in range(reps):
+        if transposed:
+            pack_panels_transposed(panels, W)
+        else:
+            pack_panels(panels, W)

@@ -7,15 +7,21 @@ the best choice moved between them. So, as FFTW's planner and cuDNN's benchmark 
 the first time a layer meets a (gates, batch, hidden size, dtype) combination the candidates
 are timed on this machine, and the fastest is kept for the rest of the process:
 
-* forward: ``direct`` (``A += h @ Wh``) or ``transposed`` (``(Wh.T @ h.T).T`` against a
-  contiguous copy of ``Wh.T``, made on every call so that in-place updates are seen);
+* forward: ``direct`` (``A += h @ Wh``), ``transposed`` (``(Wh.T @ h.T).T`` against a
+  contiguous copy of ``Wh.T``, made on every call so that in-place updates are seen) or
+  ``packed`` (fastrnn's own tiles against ``Wh`` packed into panels on every call, on the
+  BLAS library's threads: :mod:`fastrnn._tiles`);
 * backward: ``direct`` (``dA @ Wh.T``), ``scratch`` (``(Wh @ dA.T).T`` through an (H, N)
-  scratch) or ``transposed`` (``dA @ WT`` against a contiguous copy ``WT`` of ``Wh.T``).
+  scratch), ``transposed`` (``dA @ WT`` against a contiguous copy ``WT`` of ``Wh.T``) or
+  ``packed`` (``Wh.T`` packed).
 
-A route that needs the copy of ``Wh.T`` pays for it once per call, so the choice for a
-sequence of ``T`` steps weighs ``T`` products against one copy. Timing a combination costs
-a few milliseconds once (each candidate repeated for about 0.2 ms, three interleaved
-rounds, the fastest round kept, which is robust to a moment of load from elsewhere).
+A route that needs a copy of ``Wh.T`` or the panels pays for it once per call, so the
+choice for a sequence of ``T`` steps weighs ``T`` products against one copy. The GRU's
+products are not packed (its two products per step would need panels of two shapes): for
+it, ``packed`` is never measured, and a pinned ``packed`` runs ``direct``. Timing a
+combination costs a few milliseconds once (each candidate repeated for about 0.2 ms, three
+interleaved rounds, the fastest round kept, which is robust to a moment of load from
+elsewhere).
 
 A batch of one always runs ``direct``: the products are matrix-vector products then.
 
@@ -36,16 +42,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels as kernels
+from . import _tiles as tiles
 
 __all__ = ["Plan", "PLAN_VARIABLE", "forget", "generation", "pin", "plan", "plans"]
 
 PLAN_VARIABLE = "FASTRNN_PLAN"
-FORWARD_ROUTES = ("direct", "transposed")
-BACKWARD_ROUTES = ("direct", "scratch", "transposed")
+FORWARD_ROUTES = ("direct", "transposed", "packed")
+BACKWARD_ROUTES = ("direct", "scratch", "transposed", "packed")
+#: Gate counts whose layers can pack their products (not the GRU's 3).
+PACKING_GATES = (1, 4)
 _BACKPROP_CODES = {
     "direct": kernels.BACKPROP_DIRECT,
     "scratch": kernels.BACKPROP_VIA_SCRATCH,
     "transposed": kernels.BACKPROP_VIA_WT,
+    "packed": kernels.BACKPROP_DIRECT,  # the kernels go by the panels; this is the GRU's
 }
 
 
@@ -76,6 +86,16 @@ class Plan:
     def backward_transposes(self) -> bool:
         """Whether the backward kernels get a contiguous copy of ``Wh.T``."""
         return self.backward == "transposed"
+
+    @property
+    def forward_packs(self) -> bool:
+        """Whether the forward products run packed (for layers that can pack)."""
+        return self.forward == "packed"
+
+    @property
+    def backward_packs(self) -> bool:
+        """Whether the backward products run packed (for layers that can pack)."""
+        return self.backward == "packed"
 
     @property
     def backward_code(self) -> int:
@@ -141,11 +161,13 @@ _ROUNDS = 3
 
 @dataclass(frozen=True)
 class StepTimes:
-    """Seconds per product of every candidate, and of one copy of ``Wh.T``."""
+    """Seconds per product of every candidate, of one copy of ``Wh.T``, and of packing
+    ``Wh`` (``pack[0]``) and ``Wh.T`` (``pack[1]``) into panels (inf where not measured)."""
 
     forward: dict
     backward: dict
     copy: float
+    pack: tuple = (math.inf, math.inf)
 
 
 def _time_candidates(candidates: dict) -> dict:
@@ -183,39 +205,65 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     dA = rng.standard_normal((N, G)).astype(dtype)
     dh = np.empty((N, H), dtype)
     dhT = np.empty((H, N), dtype)
-    forward = _time_candidates(
-        {
-            "direct": lambda r: kernels.repeat_recurrent_product(r, A, h, W, no_WT, scratchT[:0]),
-            "transposed": lambda r: kernels.repeat_recurrent_product(r, A, h, W, WT, scratchT),
-        }
-    )
-    backward = _time_candidates(
-        {
-            route: (
-                lambda r, code=code, weights=WT if route == "transposed" else no_WT: (
-                    kernels.repeat_backprop_to_state(r, dh, dhT, dA, W, weights, code)
-                )
+    pool = tiles.use_threads(tiles.new_pool(dtype))
+    unpacked = np.empty((0, H, tiles.PANEL), dtype)
+    forward_candidates = {
+        "direct": lambda r: kernels.repeat_recurrent_product(
+            r, A, h, W, no_WT, scratchT[:0], unpacked, pool
+        ),
+        "transposed": lambda r: kernels.repeat_recurrent_product(
+            r, A, h, W, WT, scratchT, unpacked, pool
+        ),
+    }
+    backward_candidates = {
+        route: (
+            lambda r, code=code, weights=WT if route == "transposed" else no_WT: (
+                kernels.repeat_backprop_to_state(r, dh, dhT, dA, W, weights, code, unpacked, pool)
             )
-            for route, code in _BACKPROP_CODES.items()
-        }
-    )
+        )
+        for route, code in _BACKPROP_CODES.items()
+        if route != "packed"
+    }
+    packs = (math.inf, math.inf)
+    if gates in PACKING_GATES:
+        panels = np.empty((tiles.panel_count(G), H, tiles.PANEL), dtype)
+        panelsT = np.empty((tiles.panel_count(H), G, tiles.PANEL), dtype)
+        kernels.repeat_pack(1, panels, W, False)
+        kernels.repeat_pack(1, panelsT, W, True)
+        forward_candidates["packed"] = lambda r: kernels.repeat_recurrent_product(
+            r, A, h, W, no_WT, scratchT[:0], panels, pool
+        )
+        backward_candidates["packed"] = lambda r: kernels.repeat_backprop_to_state(
+            r, dh, dhT, dA, W, no_WT, kernels.BACKPROP_DIRECT, panelsT, pool
+        )
+        pack_times = _time_candidates(
+            {
+                "forward": lambda r: kernels.repeat_pack(r, panels, W, False),
+                "backward": lambda r: kernels.repeat_pack(r, panelsT, W, True),
+            }
+        )
+        packs = (pack_times["forward"], pack_times["backward"])
+    forward = _time_candidates(forward_candidates)
+    backward = _time_candidates(backward_candidates)
 
     def copy(reps):
         for _ in range(reps):
             np.copyto(WT, W.T)
 
     copy_time = _time_candidates({"copy": copy})["copy"]
-    return StepTimes(forward, backward, copy_time)
+    return StepTimes(forward, backward, copy_time, packs)
 
 
 def choose(times: StepTimes, T: int) -> tuple[str, str]:
-    """The cheapest forward and backward route for ``T`` steps, the copy counted once."""
+    """The cheapest forward and backward route for ``T`` steps, a copy or packing counted
+    once; only the routes ``times`` holds compete."""
+    once = {"transposed": (times.copy, times.copy), "packed": times.pack}
 
-    def cost(route, per_step):
-        return T * per_step + (times.copy if route == "transposed" else 0.0)
+    def cost(route, per_step, direction):
+        return T * per_step + once.get(route, (0.0, 0.0))[direction]
 
-    forward = min(FORWARD_ROUTES, key=lambda r: cost(r, times.forward[r]))
-    backward = min(BACKWARD_ROUTES, key=lambda r: cost(r, times.backward[r]))
+    forward = min(times.forward, key=lambda r: cost(r, times.forward[r], 0))
+    backward = min(times.backward, key=lambda r: cost(r, times.backward[r], 1))
     return forward, backward
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels as kernels
+from . import _tiles as tiles
 from ._planner import generation as plan_generation
 from ._planner import plan
 from ._validation import (
@@ -54,11 +55,14 @@ class _Recurrence:
     has_cell_state = False
     #: What the forward kernel keeps per step for BPTT besides the states and the gates.
     step_activations: tuple[str, ...] = ()
+    #: Whether the kernels can pack the per-step products (:mod:`fastrnn._tiles`).
+    packs = True
 
     def __init__(self):
         self.ws = Workspace()
         self.saved = None  # what the last forward left for backward
         self._forward_views = None  # (shape key, _ForwardViews) of the last forward
+        self._pools = {}  # dtype -> the thread pool of packed products
 
     def forward(self, xs, Wx, Wh, b, h0, c0):
         """Run the sequence ``xs`` (N, T, D), starting from ``h0`` (and ``c0``).
@@ -84,6 +88,8 @@ class _Recurrence:
         views = self._views_for(N, T, D, Wh.shape[0], Wx.dtype)
         if views.routes.forward_transposes:
             _copy_transposed(views.WhT, Wh)
+        if views.panels.shape[0]:
+            tiles.use_threads(views.pool)
         hs = np.empty(views.hs_shape, Wx.dtype)  # fresh on every call; the kernel fills it
         no_state = views.no_state
         self._run_forward(
@@ -123,6 +129,8 @@ class _Recurrence:
         # The planner decides whether the per-step products run against a copy of Wh.T.
         routes = plan(self.gates, N, T, H, dtype)
         WhT = self._WhT_buffer(H, dtype, routes.forward_transposes)
+        packed = self.packs and routes.forward_packs
+        panel_count = tiles.panel_count(self.gates * H) if packed else 0
         h_hist = ws.take("h_hist", (T + 1, N, H), dtype)
         c_hist = ws.take("c_hist", (T + 1, N, H), dtype) if self.has_cell_state else None
         views = _ForwardViews(
@@ -131,6 +139,8 @@ class _Recurrence:
             c_hist=c_hist,
             WhT=WhT,
             scratchT=ws.take("scratchT", (WhT.shape[0], N), dtype),
+            panels=ws.take("panels", (panel_count, H, tiles.PANEL), dtype),
+            pool=self._pool(dtype, packed),
             routes=routes,
             activations=self._activation_views(T, N, H, dtype),
             hs_shape=(N, T, H),
@@ -173,11 +183,29 @@ class _Recurrence:
         WhT = self._WhT_buffer(H, dtype, routes.backward_transposes)
         if routes.backward_transposes:
             _copy_transposed(WhT, Wh)
-        self._run_backward(dxs_tm, targets, dh, dc, dhT, WhT, routes.backward_code, dhs, saved)
+        packed = self.packs and routes.backward_packs
+        G = self.gates * H
+        panels = ws.take("panelsT", (tiles.panel_count(H) if packed else 0, G, tiles.PANEL), dtype)
+        pool = self._pool(dtype, packed)
+        if packed:
+            tiles.use_threads(pool)
+        self._run_backward(
+            dxs_tm, targets, dh, dc, dhT, WhT, routes.backward_code, panels, pool, dhs, saved
+        )
         for g, target in zip(grads, targets, strict=True):
             if target is not g:
                 g[...] = target
         return dxs_tm, dh, dc
+
+    def _pool(self, dtype, packed):
+        """This layer's pool for packed products in ``dtype`` (:func:`fastrnn._tiles.new_pool`);
+        when not ``packed``, a pool that no kernel uses (no worker compiled for it)."""
+        if not packed:
+            return tiles.UNUSED_POOL
+        pool = self._pools.get(dtype)
+        if pool is None:
+            pool = self._pools[dtype] = tiles.new_pool(dtype)
+        return pool
 
     def _WhT_buffer(self, H, dtype, wanted):
         """The workspace for a contiguous ``Wh.T``, (G*H, H) when ``wanted``, else an empty
@@ -202,7 +230,7 @@ class _Recurrence:
     def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         raise NotImplementedError
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
         raise NotImplementedError
 
 
@@ -215,6 +243,8 @@ class _ForwardViews:
     c_hist: np.ndarray | None  # (T + 1, N, H), LSTM only
     WhT: np.ndarray  # (G*H, H), or (0, H) when the forward products use Wh itself
     scratchT: np.ndarray  # (G*H or 0, N)
+    panels: np.ndarray  # (ceil(G*H / 16), H, 16) for packed products, else (0, H, 16)
+    pool: np.ndarray  # the threads of packed products
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
     hs_shape: tuple  # (N, T, H)
@@ -241,10 +271,11 @@ class _RNNRecurrence(_Recurrence):
 
     def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         kernels.rnn_forward(
-            hs, views.h_hist, views.scratchT, views.xs_tm, xs, h0, Wx, Wh, b, views.WhT
-        )
+            hs, views.h_hist, views.scratchT, views.xs_tm, xs, h0, Wx, Wh, b, views.WhT,
+            views.panels, views.pool,
+        )  # fmt: skip
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
         dA = self.ws.take("dA", (dhs.shape[1], dhs.shape[0], dhs.shape[2]), dh.dtype)
         kernels.rnn_backward(
             dxs_tm,
@@ -259,6 +290,8 @@ class _RNNRecurrence(_Recurrence):
             saved["Wh"],
             WhT,
             route,
+            panels,
+            pool,
         )
 
 
@@ -284,9 +317,11 @@ class _LSTMRecurrence(_Recurrence):
             Wh,
             b,
             views.WhT,
+            views.panels,
+            views.pool,
         )
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         kernels.lstm_backward(
@@ -306,21 +341,24 @@ class _LSTMRecurrence(_Recurrence):
             saved["Wh"],
             WhT,
             route,
+            panels,
+            pool,
         )
 
 
 class _GRURecurrence(_Recurrence):
     gates = 3
     step_activations = ("rh",)
+    packs = False  # two products per step: see fastrnn._planner
 
     def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         act = views.activations
         kernels.gru_forward(
             hs, act["gates"], act["rh"], views.h_hist, views.scratchT, views.xs_tm, xs, h0,
-            Wx, Wh, b, views.WhT,
+            Wx, Wh, b, views.WhT, views.panels, views.pool,
         )  # fmt: skip
 
-    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, dhs, saved):
+    def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
         act = saved["activations"]
         dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
         dhr = self.ws.take("dhr", dh.shape, dh.dtype)
@@ -340,6 +378,8 @@ class _GRURecurrence(_Recurrence):
             saved["Wh"],
             WhT,
             route,
+            panels,
+            pool,
         )
 
 

@@ -7,6 +7,7 @@ caching and thread safety.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -30,11 +31,16 @@ def planner():
     _planner.forget()
 
 
-def _times(forward, backward, copy):
+def _times(forward, backward, copy, pack=None):
+    """Step times for the first routes (as many as given); ``pack`` adds the packed route's
+    packing costs (the packed times are then the last ones given)."""
+    forward_routes = [r for r in _planner.FORWARD_ROUTES if pack or r != "packed"]
+    backward_routes = [r for r in _planner.BACKWARD_ROUTES if pack or r != "packed"]
     return StepTimes(
-        dict(zip(_planner.FORWARD_ROUTES, forward, strict=True)),
-        dict(zip(_planner.BACKWARD_ROUTES, backward, strict=True)),
+        dict(zip(forward_routes, forward, strict=True)),
+        dict(zip(backward_routes, backward, strict=True)),
         copy,
+        pack or (math.inf, math.inf),
     )
 
 
@@ -46,6 +52,14 @@ def test_choice_weighs_t_products_against_one_copy():
     scratch_wins = _times((5.0, 4.0), (5.0, 3.0, 2.9), copy=10.0)
     assert _planner.choose(scratch_wins, T=20)[1] == "scratch"  # 2 more than the copy costs
     assert _planner.choose(scratch_wins, T=200)[1] == "transposed"
+
+
+def test_choice_weighs_packing_once_per_direction():
+    # packed saves 3 per step over direct; packing costs 30 forward, 50 backward
+    times = _times((5.0, 4.0, 2.0), (5.0, 6.0, 4.0, 2.0), copy=10.0, pack=(30.0, 50.0))
+    assert _planner.choose(times, T=5) == ("direct", "direct")
+    assert _planner.choose(times, T=20) == ("packed", "transposed")  # 70 < 90; 90 ties 90
+    assert _planner.choose(times, T=30) == ("packed", "packed")
 
 
 def test_measured_plan_is_valid_and_measured_once(planner, monkeypatch):
@@ -73,12 +87,18 @@ def test_measured_plan_is_valid_and_measured_once(planner, monkeypatch):
     }
 
 
-def test_measurement_times_every_candidate(planner):
-    times = planner.measure(3, 5, 8, np.float64)
-    assert set(times.forward) == set(planner.FORWARD_ROUTES)
-    assert set(times.backward) == set(planner.BACKWARD_ROUTES)
-    for value in [*times.forward.values(), *times.backward.values(), times.copy]:
+@pytest.mark.parametrize("gates", [1, 3, 4])
+def test_measurement_times_every_candidate(planner, gates):
+    times = planner.measure(gates, 5, 8, np.float64)
+    # the GRU (3 gates) has no packed route
+    packed = set() if gates in planner.PACKING_GATES else {"packed"}
+    assert set(times.forward) == set(planner.FORWARD_ROUTES) - packed
+    assert set(times.backward) == set(planner.BACKWARD_ROUTES) - packed
+    once = [times.copy, *times.pack] if not packed else [times.copy]
+    for value in [*times.forward.values(), *times.backward.values(), *once]:
         assert 0 < value < 0.1
+    if packed:
+        assert times.pack == (math.inf, math.inf)
 
 
 def test_batch_of_one_and_empty_need_no_measurement(planner, monkeypatch):

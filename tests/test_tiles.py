@@ -1,0 +1,184 @@
+"""Packed per-step products (fastrnn._tiles): against NumPy over every tile edge, on the
+BLAS library's threads and on the calling thread, from several Python threads at once and
+on one core.
+
+That the layers give the reference's numbers with the packed route pinned is checked in
+``test_layers.py`` (``test_every_route_matches_reference``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from _support import DTYPES, assert_close, assert_threads_give_serial_results
+from threadpoolctl import threadpool_limits
+
+from fastrnn import _tiles as tiles
+from fastrnn._blas import BINDING
+from fastrnn._jit import kernel
+
+
+@kernel
+def _pack_and_multiply(C, A, W, panels, accumulate, transposed, pool):
+    """``C (+)= A @ W`` (``A @ W.T`` when ``transposed``), packing first as the kernels do."""
+    if transposed:
+        tiles.pack_panels_transposed(panels, W)
+    else:
+        tiles.pack_panels(panels, W)
+    tiles.packed_product(C, A, panels, accumulate, pool)
+
+
+def _product(C, A, W, accumulate, transposed, pool):
+    depth, columns = (W.shape[1], W.shape[0]) if transposed else W.shape
+    panels = np.full((tiles.panel_count(columns), depth, tiles.PANEL), np.nan, W.dtype)
+    _pack_and_multiply(C, A, W, panels, accumulate, transposed, pool)
+    return panels
+
+
+def _pools(dtype):
+    threaded = tiles.use_threads(tiles.new_pool(dtype))
+    return {"blas threads": threaded, "calling thread": tiles.UNUSED_POOL}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transposed", [False, True], ids=["W", "W.T"])
+def test_matches_numpy_over_every_tile_edge(dtype, transposed):
+    rng = np.random.default_rng(0)
+    pools = _pools(dtype)
+    for M in (1, 2, 4, 5, 6, 11, 20):
+        for K in (0, 1, 7, 33):
+            for G in (1, 7, 8, 9, 16, 17, 40):
+                W = rng.standard_normal((G, K) if transposed else (K, G)).astype(dtype)
+                A = rng.standard_normal((M, K)).astype(dtype)
+                product = A @ (W.T if transposed else W)
+                for name, pool in pools.items():
+                    for accumulate in (False, True):
+                        C = rng.standard_normal((M, G)).astype(dtype)
+                        expected = product + C if accumulate else product
+                        _product(C, A, W, accumulate, transposed, pool)
+                        assert_close(C, expected, err_msg=f"{name} M={M} K={K} G={G}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panels_hold_the_matrix_and_zeros(dtype):
+    W = np.arange(3 * 21, dtype=dtype).reshape(3, 21)
+    panels = np.full((2, 3, tiles.PANEL), np.nan, dtype)
+    _pack_and_multiply(
+        np.zeros((1, 21), dtype), np.zeros((1, 3), dtype), W, panels, False, False,
+        tiles.UNUSED_POOL,
+    )  # fmt: skip
+    np.testing.assert_array_equal(panels[0], W[:, :16])
+    np.testing.assert_array_equal(panels[1, :, :5], W[:, 16:])
+    np.testing.assert_array_equal(panels[1, :, 5:], 0)
+    panelsT = np.full((1, 21, tiles.PANEL), np.nan, dtype)
+    _pack_and_multiply(
+        np.zeros((1, 3), dtype), np.zeros((1, 21), dtype), W, panelsT, False, True,
+        tiles.UNUSED_POOL,
+    )  # fmt: skip
+    np.testing.assert_array_equal(panelsT[0, :, :3], W.T)
+    np.testing.assert_array_equal(panelsT[0, :, 3:], 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_blocks_of_larger_arrays(dtype):
+    """``C`` and ``A`` may be column blocks (a gate block, a view of a wider buffer): only
+    their rows need unit stride; the columns around them stay untouched."""
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((30, 50)).astype(dtype)
+    A_wide = rng.standard_normal((7, 45)).astype(dtype)
+    C_wide = rng.standard_normal((7, 80)).astype(dtype)
+    before = C_wide.copy()
+    A, C = A_wide[:, 5:35], C_wide[:, 13:63]
+    for pool in _pools(dtype).values():
+        C_wide[...] = before
+        _product(C, A, W, True, False, pool)
+        assert_close(C, before[:, 13:63] + A @ W)
+        np.testing.assert_array_equal(C_wide[:, :13], before[:, :13])
+        np.testing.assert_array_equal(C_wide[:, 63:], before[:, 63:])
+
+
+@pytest.mark.parametrize("pool_kind", ["blas threads", "calling thread"])
+def test_nan_and_inf_propagate(pool_kind):
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((20, 40)).astype(np.float32)
+    A = rng.standard_normal((6, 20)).astype(np.float32)
+    A[1, 3], A[4, 0] = np.nan, np.inf
+    C = np.zeros((6, 40), np.float32)
+    _product(C, A, W, False, False, _pools(np.float32)[pool_kind])
+    with np.errstate(invalid="ignore"):
+        expected = A @ W
+    np.testing.assert_array_equal(np.isnan(C), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(C), np.isinf(expected))
+    assert np.isnan(C[1]).all()
+
+
+def test_threads_follow_the_blas_setting():
+    pool = tiles.new_pool(np.float32)
+    if not BINDING.thread_dispatch:
+        assert tiles.use_threads(pool)[0, 2] == 1  # no dispatch: the calling thread
+        return
+    with threadpool_limits(1, user_api="blas"):
+        assert tiles.use_threads(pool)[0, 2] == 1
+    default = tiles.use_threads(pool)[0, 2]
+    assert default == max(1, tiles.blas_threads())
+
+
+def test_python_threads_at_once_give_serial_results():
+    """Layers called from several Python threads share the BLAS library's workers: each
+    call's jobs must stay its own."""
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((64, 200)).astype(np.float32)
+
+    def job(seed):
+        A = np.random.default_rng(seed).standard_normal((20, 64)).astype(np.float32)
+        C = np.zeros((20, 200), np.float32)
+        pool = tiles.use_threads(tiles.new_pool(np.float32))
+        for _ in range(20):
+            _product(C, A, W, True, False, pool)
+        return [C]
+
+    assert_threads_give_serial_results(job, range(8))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_one_core_still_finishes_and_is_right():
+    """Two BLAS threads on one core (a container limited to one CPU): the dispatch must not
+    wait forever for a worker that cannot run, and the numbers stay right."""
+    script = textwrap.dedent(
+        """
+        import os
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        import numpy as np
+        from threadpoolctl import threadpool_limits
+        from fastrnn import _tiles as tiles
+        from fastrnn._jit import kernel
+
+        @kernel
+        def run(C, A, W, panels, pool):
+            tiles.pack_panels(panels, W)
+            for _ in range(50):
+                tiles.packed_product(C, A, panels, False, pool)
+
+        rng = np.random.default_rng(0)
+        W = rng.standard_normal((100, 400)).astype(np.float32)
+        A = rng.standard_normal((20, 100)).astype(np.float32)
+        C = np.empty((20, 400), np.float32)
+        with threadpool_limits(2, user_api="blas"):
+            pool = tiles.use_threads(tiles.new_pool(np.float32))
+            panels = np.empty((tiles.panel_count(400), 100, tiles.PANEL), np.float32)
+            run(C, A, W, panels, pool)
+        np.testing.assert_allclose(C, A @ W, rtol=1e-4, atol=1e-4)
+        print("threads", pool[0, 2])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "threads" in done.stdout
