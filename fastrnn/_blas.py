@@ -33,7 +33,7 @@ import ctypes
 import itertools
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from llvmlite import binding as llvm
@@ -86,6 +86,8 @@ class BlasBinding:
         Address of OpenBLAS's ``gotoblas_pthread``, which runs a function on the library's
         own threads (:mod:`fastrnn._tiles`); 0 when the library has none (MKL, OpenMP
         builds of OpenBLAS, the fallback route).
+    thread_count : callable or None
+        OpenBLAS's ``openblas_get_num_threads`` (through ctypes) with the dispatch.
     """
 
     route: str
@@ -95,12 +97,14 @@ class BlasBinding:
     symbols: dict | None = None
     reason: str | None = None
     thread_dispatch: int = 0
+    thread_count: object = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         """One line for humans, e.g. for ``python -m fastrnn``."""
         if self.route == "numpy":
             name = os.path.basename(self.library or "?")
-            return f"NumPy's {self.api} ({name}, {self.int_bits}-bit integers)"
+            threads = "; packed products on its threads" if self.thread_dispatch else ""
+            return f"NumPy's {self.api} ({name}, {self.int_bits}-bit integers{threads})"
         return f"SciPy's BLAS through Numba (fallback: {self.reason})"
 
 
@@ -189,40 +193,39 @@ def _bind_numpy_blas() -> BlasBinding:
         symbols, int_bits = found
         for ours, theirs in zip(SYMBOLS.values(), symbols.values(), strict=True):
             llvm.add_symbol(ours, _symbol_address(dll, theirs))
-        dispatch = 0
+        dispatch, thread_count = 0, None
         if api == "openblas" and lib.get("threading_layer") == "pthreads":
+            thread_count = _openblas_thread_count(dll)
             dispatch = _symbol_address(dll, "gotoblas_pthread") or 0
-            _bind_thread_count(dll)
         return BlasBinding(
             "numpy",
             library=path,
             api=api,
             int_bits=int_bits,
             symbols=dict(zip(SYMBOLS.values(), symbols.values(), strict=True)),
-            thread_dispatch=dispatch if _thread_count is not None else 0,
+            thread_dispatch=dispatch if thread_count is not None else 0,
+            thread_count=thread_count if dispatch else None,
         )
     names = ", ".join(f"{lib.get('internal_api')} ({lib.get('filepath')})" for lib in candidates)
     return BlasBinding("scipy", reason=f"no CBLAS entry points found in {names}")
 
 
-_thread_count = None  # OpenBLAS's openblas_get_num_threads, through ctypes
-
-
-def _bind_thread_count(dll) -> None:
-    global _thread_count
+def _openblas_thread_count(dll):
+    """OpenBLAS's ``openblas_get_num_threads`` as a ctypes function, or None."""
     for prefix, suffix in _OPENBLAS_AFFIXES:
         function = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
         if function is not None:
             function.restype = ctypes.c_int
             function.argtypes = []
-            _thread_count = function
-            return
+            return function
+    return None
 
 
 def blas_threads() -> int:
     """How many threads the bound OpenBLAS uses now (threadpoolctl's limits included); 1
-    when that cannot be asked."""
-    return 1 if _thread_count is None else max(1, _thread_count())
+    without a thread dispatch (:attr:`BlasBinding.thread_dispatch`)."""
+    count = BINDING.thread_count
+    return 1 if count is None else max(1, count())
 
 
 def _warn_fallback(binding: BlasBinding) -> None:

@@ -205,7 +205,9 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     dA = rng.standard_normal((N, G)).astype(dtype)
     dh = np.empty((N, H), dtype)
     dhT = np.empty((H, N), dtype)
-    pool = tiles.use_threads(tiles.new_pool(dtype))
+    # the packed route's worker is compiled (or loaded) only where it is a candidate
+    packs = gates in PACKING_GATES
+    pool = tiles.use_threads(tiles.new_pool(dtype)) if packs else tiles.UNUSED_POOL
     unpacked = np.empty((0, H, tiles.PANEL), dtype)
     forward_candidates = {
         "direct": lambda r: kernels.repeat_recurrent_product(
@@ -224,8 +226,8 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
         for route, code in _BACKPROP_CODES.items()
         if route != "packed"
     }
-    packs = (math.inf, math.inf)
-    if gates in PACKING_GATES:
+    pack_costs = (math.inf, math.inf)
+    if packs:
         panels = np.empty((tiles.panel_count(G), H, tiles.PANEL), dtype)
         panelsT = np.empty((tiles.panel_count(H), G, tiles.PANEL), dtype)
         kernels.repeat_pack(1, panels, W, False)
@@ -242,7 +244,7 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
                 "backward": lambda r: kernels.repeat_pack(r, panelsT, W, True),
             }
         )
-        packs = (pack_times["forward"], pack_times["backward"])
+        pack_costs = (pack_times["forward"], pack_times["backward"])
     forward = _time_candidates(forward_candidates)
     backward = _time_candidates(backward_candidates)
 
@@ -251,7 +253,7 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
             np.copyto(WT, W.T)
 
     copy_time = _time_candidates({"copy": copy})["copy"]
-    return StepTimes(forward, backward, copy_time, packs)
+    return StepTimes(forward, backward, copy_time, pack_costs)
 
 
 def choose(times: StepTimes, T: int) -> tuple[str, str]:

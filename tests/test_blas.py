@@ -198,10 +198,14 @@ def measure():
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_threadpool_limits_governs_the_kernels():
+@pytest.mark.parametrize("plan", ["auto", "forward=packed"])
+def test_threadpool_limits_governs_the_kernels(plan):
     """With NumPy's BLAS limited to one thread, no other thread works for fastrnn (SciPy's
     library, which Numba loads when SciPy is installed, keeps its threads and must stay
-    idle); with two, a second thread does."""
+    idle); with two, a second thread does. Packed products (fastrnn's own code on the BLAS
+    library's workers) follow the same setting."""
+    if plan != "auto" and not _blas.BINDING.thread_dispatch:
+        pytest.skip("packed products run on the calling thread with this BLAS")
     result = _run_child(
         _THREAD_CPU
         + """
@@ -213,7 +217,8 @@ with numpys.limit(limits=1):
     result["one"] = measure()
 with threadpool_limits(2, user_api="blas"):
     result["two"] = measure()
-"""
+""",
+        FASTRNN_PLAN=plan,
     )
     main, others = result["one"]
     assert main > 0 and others <= 0.05 * main, result
