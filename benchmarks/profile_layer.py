@@ -396,6 +396,18 @@ class Breakdown:
         self.phases.append(Phase(stage, name, seconds, category, flop, indent))
         return seconds
 
+    def _packing(self, stage, panels, Wh, transposed) -> float:
+        """Time the kernel's packing of ``Wh`` (``Wh.T``) into ``panels`` as a line, if the
+        plan packs; returns seconds per call (0 if not)."""
+        if not panels.shape[0]:
+            return 0.0
+        return self.add(
+            stage,
+            f"pack {'Wh.T' if transposed else 'Wh'} into panels (in the kernel)",
+            lambda r: kernels.repeat_pack(r, panels, Wh, transposed),
+            "copies",
+        )
+
     def run(self) -> list[Phase]:
         """Every line: forward phases, backward phases, then totals."""
         call_fwd, checks_f, copies_f = self._forward()
@@ -469,14 +481,7 @@ class Breakdown:
         else:
             WhT, scratchT = np.empty((0, H), Wh.dtype), np.empty((0, N), Wh.dtype)
         panels, pool = packed_weights(layer, routes.forward_packs, Wh, transposed=False)
-        packing = 0.0
-        if panels.shape[0]:
-            packing = self.add(
-                f,
-                "pack Wh into panels (in the kernel)",
-                lambda r: kernels.repeat_pack(r, panels, Wh, False),
-                "copies",
-            )
+        packing = self._packing(f, panels, Wh, transposed=False)
         if layer == "TimeGRU":
             rh = act["rh"]
             recurrent = self.add(
@@ -572,14 +577,7 @@ class Breakdown:
         else:
             WhT = np.empty((0, H), dtype)
         panels, pool = packed_weights(layer, routes.backward_packs, Wh, transposed=True)
-        packing = 0.0
-        if panels.shape[0]:
-            packing = self.add(
-                b,
-                "pack Wh.T into panels (in the kernel)",
-                lambda r: kernels.repeat_pack(r, panels, Wh, True),
-                "copies",
-            )
+        packing = self._packing(b, panels, Wh, transposed=True)
         if layer == "TimeGRU":
             recurrent = self.add(
                 b,

@@ -34,7 +34,7 @@ from __future__ import annotations
 from ._blas import gemm
 from ._jit import helper, kernel
 from ._math import fast_sigmoid, fast_tanh
-from ._tiles import pack_panels, pack_panels_transposed, packed_product
+from ._tiles import pack_panels, packed_product
 
 # --------------------------------------------------------------------------------------
 # Pieces shared by every cell type
@@ -208,7 +208,7 @@ def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, poo
     _load_sequence(xs_tm, xs)
     _load_state(h_hist[0], h0)
     if panels.shape[0] != 0:
-        pack_panels(panels, Wh)
+        pack_panels(panels, Wh, False)
     gemm(h_hist[1:].reshape((T * N, H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT, panels, pool)
@@ -254,7 +254,7 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
     if panels.shape[0] != 0:
-        pack_panels_transposed(panels, Wh)
+        pack_panels(panels, Wh, True)
     for t in range(T - 1, -1, -1):
         for n in range(N):
             da = dA[t, n]
@@ -318,7 +318,7 @@ def lstm_forward(
     _load_state(h_hist[0], h0)
     _load_state(c_hist[0], c0)
     if panels.shape[0] != 0:
-        pack_panels(panels, Wh)
+        pack_panels(panels, Wh, False)
     gemm(gates.reshape((T * N, 4 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT, panels, pool)
@@ -348,27 +348,9 @@ def lstm_forward(
 
 @kernel
 def lstm_backward(
-    dxs,
-    dWx,
-    dWh,
-    db,
-    dh,
-    dc,
-    dhT,
-    dA,
-    dhs,
-    gates,
-    c_hist,
-    tanh_c,
-    h_hist,
-    xs,
-    Wx,
-    Wh,
-    WhT,
-    route,
-    panels,
-    pool,
-):
+    dxs, dWx, dWh, db, dh, dc, dhT, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, WhT,
+    route, panels, pool,
+):  # fmt: skip
     """Backpropagate through an LSTM sequence.
 
     Parameters
@@ -401,7 +383,7 @@ def lstm_backward(
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
     if panels.shape[0] != 0:
-        pack_panels_transposed(panels, Wh)
+        pack_panels(panels, Wh, True)
     for t in range(T - 1, -1, -1):
         for n in range(N):
             a = gates[t, n]
@@ -511,26 +493,9 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
 
 @kernel
 def gru_backward(
-    dxs,
-    dWx,
-    dWh,
-    db,
-    dh,
-    dhr,
-    dhT,
-    dA,
-    dhs,
-    gates,
-    rh,
-    h_hist,
-    xs,
-    Wx,
-    Wh,
-    WhT,
-    route,
-    panels,
-    pool,
-):
+    dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs, Wx, Wh, WhT, route,
+    panels, pool,
+):  # fmt: skip
     """Backpropagate through a GRU sequence.
 
     Parameters
@@ -626,7 +591,4 @@ def repeat_backprop_to_state(reps, dh, dhT, dA_t, W, WT, route, panels, pool):
 def repeat_pack(reps, panels, W, transposed):
     """Pack ``W`` (or ``W.T``) into ``panels`` ``reps`` times (for :mod:`fastrnn._planner`)."""
     for _ in range(reps):
-        if transposed:
-            pack_panels_transposed(panels, W)
-        else:
-            pack_panels(panels, W)
+        pack_panels(panels, W, transposed)

@@ -55,7 +55,6 @@ __all__ = [
     "PANEL",
     "new_pool",
     "pack_panels",
-    "pack_panels_transposed",
     "packed_product",
     "panel_count",
     "tiled_gemm_nn",
@@ -146,18 +145,37 @@ def _matrices_of_one_float(*arrays) -> bool:
     )
 
 
+def _operands(context, builder, signature, args):
+    """A tile's vector helpers, ``C``, ``A`` and ``B`` as :func:`_matrix` gives them, its
+    first row as an i64 and the ``accumulate`` flag."""
+    vec = _Vectors(builder, signature.args[0].dtype)
+    C, A, B = (
+        _matrix(context, builder, ty, value)
+        for ty, value in zip(signature.args[:3], args[:3], strict=True)
+    )
+    i0 = args[3] if args[3].type == _I64 else builder.sext(args[3], _I64)
+    return vec, C, A, B, i0, args[4]
+
+
+def _tile_intrinsic(codegen):
+    """The intrinsic ``tile(C, A, B, i0, accumulate)`` whose body ``codegen`` writes."""
+
+    @intrinsic
+    def tile(typingctx, C, A, B, i0, accumulate):
+        if _matrices_of_one_float(C, A, B):
+            return types.void(C, A, B, i0, accumulate), codegen
+        return None
+
+    return tile
+
+
 def _tile(rows: int, vectors: int):
     """An intrinsic ``tile(C, A, B, i0, accumulate)``: ``C[i0:i0+rows] (+)= A[i0:i0+rows] @
     B`` for a ``B`` of ``vectors`` vectors' width (16 float32 columns for two), accumulated
     in ``rows * vectors`` registers over all of ``B``'s rows."""
 
     def codegen(context, builder, signature, args):
-        vec = _Vectors(builder, signature.args[0].dtype)
-        C, A, B = (
-            _matrix(context, builder, ty, value)
-            for ty, value in zip(signature.args[:3], args[:3], strict=True)
-        )
-        i0, accumulate = builder.sext(args[3], _I64) if args[3].type != _I64 else args[3], args[4]
+        vec, C, A, B, i0, accumulate = _operands(context, builder, signature, args)
         b_data, depth, ldb = B
         a_rows = _rows(builder, A, i0, rows)
         acc = _accumulators(builder, vec.vector, rows * vectors)
@@ -177,13 +195,7 @@ def _tile(rows: int, vectors: int):
                 _store(builder, accumulate, target, builder.load(acc[r * vectors + v]), vec.align)
         return context.get_dummy_value()
 
-    @intrinsic
-    def tile(typingctx, C, A, B, i0, accumulate):
-        if _matrices_of_one_float(C, A, B):
-            return types.void(C, A, B, i0, accumulate), codegen
-        return None
-
-    return tile
+    return _tile_intrinsic(codegen)
 
 
 def _narrow_tile(rows: int):
@@ -191,12 +203,7 @@ def _narrow_tile(rows: int):
     as :func:`_tile` with one vector, only ``B``'s columns read and ``C``'s written."""
 
     def codegen(context, builder, signature, args):
-        vec = _Vectors(builder, signature.args[0].dtype)
-        C, A, B = (
-            _matrix(context, builder, ty, value)
-            for ty, value in zip(signature.args[:3], args[:3], strict=True)
-        )
-        i0, accumulate = builder.sext(args[3], _I64) if args[3].type != _I64 else args[3], args[4]
+        vec, C, A, B, i0, accumulate = _operands(context, builder, signature, args)
         b_data, depth, ldb = B
         width = builder.extract_value(
             context.make_array(signature.args[2])(context, builder, args[2]).shape, 1
@@ -227,13 +234,7 @@ def _narrow_tile(rows: int):
                     _store(builder, accumulate, target, value, None)
         return context.get_dummy_value()
 
-    @intrinsic
-    def tile(typingctx, C, A, B, i0, accumulate):
-        if _matrices_of_one_float(C, A, B):
-            return types.void(C, A, B, i0, accumulate), codegen
-        return None
-
-    return tile
+    return _tile_intrinsic(codegen)
 
 
 # Numba code calls intrinsics by global name: one global per tile shape, and the column
@@ -312,45 +313,32 @@ def panel_count(columns: int) -> int:
 
 
 @helper
-def pack_panels(panels, W):
-    """``panels[q, k, c] = W[k, PANEL * q + c]``, zeros past ``W``'s last column.
+def pack_panels(panels, W, transposed):
+    """``panels[q, k, c] = M[k, PANEL * q + c]`` for ``M`` = ``W.T`` when ``transposed``,
+    else ``W``; zeros past ``M``'s last column.
 
     Parameters
     ----------
-    panels : (ceil(G / PANEL), K, PANEL) array
-        Out.
-    W : (K, G) array
+    panels : (ceil(columns / PANEL), depth, PANEL) array
+        Out, for ``M`` of shape ``(depth, columns)``.
+    W : 2-D array
+    transposed : bool
     """
-    K, G = W.shape
+    panels[panels.shape[0] - 1, :, :] = 0  # only the last panel can be partial
+    depth = panels.shape[1]
     for q in range(panels.shape[0]):
         first = q * PANEL
-        width = min(PANEL, G - first)
-        for k in range(K):
-            source, target = W[k], panels[q, k]
-            for c in range(width):
-                target[c] = source[first + c]
-            for c in range(width, PANEL):
-                target[c] = 0
-
-
-@helper
-def pack_panels_transposed(panels, W):
-    """The panels of ``W.T``: ``panels[q, g, c] = W[PANEL * q + c, g]``.
-
-    Parameters
-    ----------
-    panels : (ceil(K / PANEL), G, PANEL) array
-        Out.
-    W : (K, G) array
-    """
-    K, G = W.shape
-    panels[:, :, :] = 0
-    for q in range(panels.shape[0]):
-        first = q * PANEL
-        for c in range(min(PANEL, K - first)):
-            source, target = W[first + c], panels[q, :, c]
-            for g in range(G):
-                target[g] = source[g]
+        if transposed:  # panel columns are rows of W
+            for c in range(min(PANEL, W.shape[0] - first)):
+                source, target = W[first + c], panels[q, :, c]
+                for k in range(depth):
+                    target[k] = source[k]
+        else:
+            width = min(PANEL, W.shape[1] - first)
+            for k in range(depth):
+                source, target = W[k], panels[q, k]
+                for c in range(width):
+                    target[c] = source[first + c]
 
 
 @helper

@@ -26,10 +26,7 @@ from fastrnn._jit import kernel
 @kernel
 def _pack_and_multiply(C, A, W, panels, accumulate, transposed, pool):
     """``C (+)= A @ W`` (``A @ W.T`` when ``transposed``), packing first as the kernels do."""
-    if transposed:
-        tiles.pack_panels_transposed(panels, W)
-    else:
-        tiles.pack_panels(panels, W)
+    tiles.pack_panels(panels, W, transposed)
     tiles.packed_product(C, A, panels, accumulate, pool)
 
 
@@ -161,7 +158,7 @@ def test_one_core_still_finishes_and_is_right():
 
         @kernel
         def run(C, A, W, panels, pool):
-            tiles.pack_panels(panels, W)
+            tiles.pack_panels(panels, W, False)
             for _ in range(50):
                 tiles.packed_product(C, A, panels, False, pool)
 
