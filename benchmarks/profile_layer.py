@@ -85,6 +85,8 @@ from fastrnn._jit import helper
 from fastrnn._kernels import (
     _backprop_to_state,
     _bias_grad,
+    _gru_backward_panels,
+    _gru_forward_panels,
     _input_side_grads,
     _recurrent_product,
     _recurrent_weight_grad,
@@ -102,10 +104,14 @@ def packed_weights(layer_name, packs, Wh, transposed):
     kernels use when its plan packs the per-step products; empty ones otherwise."""
     H, G = Wh.shape
     depth, columns = (G, H) if transposed else (H, G)
-    if not packs or layer_name == "TimeGRU":
+    if not packs:
         return np.empty((0, depth, tiles.PANEL), Wh.dtype), tiles.UNUSED_POOL
-    panels = np.empty((tiles.panel_count(columns), depth, tiles.PANEL), Wh.dtype)
-    kernels.repeat_pack(1, panels, Wh, transposed)
+    gru = layer_name == "TimeGRU"
+    count = tiles.panel_count(columns)
+    if gru and not transposed:  # Wh[:, :2H] and Wh[:, 2H:] apart, as gru_forward packs
+        count = tiles.panel_count(2 * H) + tiles.panel_count(H)
+    panels = np.empty((count, depth, tiles.PANEL), Wh.dtype)
+    kernels.repeat_pack(1, panels, Wh, transposed, gru)
     return panels, tiles.use_threads(tiles.new_pool(Wh.dtype))
 
 
@@ -152,14 +158,15 @@ def _repeat_gru_forward_recurrent_gemms(reps, out, h_hist, rh, Wh, WhT, scratchT
     H = Wh.shape[0]
     Wh_zr = Wh[:, : 2 * H]
     Wh_h = Wh[:, 2 * H :]
+    panels_zr, panels_h = _gru_forward_panels(panels, H)
     for _ in range(reps):
         for t in range(out.shape[0]):
             A = out[t]
             _recurrent_product(
-                A[:, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels, pool
+                A[:, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels_zr, pool
             )
             _recurrent_product(
-                A[:, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels, pool
+                A[:, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels_h, pool
             )
 
 
@@ -176,10 +183,12 @@ def _repeat_gru_backward_recurrent_products(reps, dh, dhr, dhT, dA, Wh, WhT, rou
     H = Wh.shape[0]
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
+    panels_zr, panels_h = _gru_backward_panels(panels, H)
     for _ in range(reps):
         for t in range(dA.shape[0] - 1, -1, -1):
-            _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route, panels, pool)
-            _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route, panels, pool)
+            dA_zr, dA_h = dA[t, :, : 2 * H], dA[t, :, 2 * H :]
+            _backprop_to_state(dhr, dhT, dA_h, Wh_h, WhT_h, False, route, panels_h, pool)
+            _backprop_to_state(dh, dhT, dA_zr, Wh_zr, WhT_zr, True, route, panels_zr, pool)
 
 
 @helper
@@ -401,10 +410,11 @@ class Breakdown:
         plan packs; returns seconds per call (0 if not)."""
         if not panels.shape[0]:
             return 0.0
+        gru = self.layer == "TimeGRU"
         return self.add(
             stage,
             f"pack {'Wh.T' if transposed else 'Wh'} into panels (in the kernel)",
-            lambda r: kernels.repeat_pack(r, panels, Wh, transposed),
+            lambda r: kernels.repeat_pack(r, panels, Wh, transposed, gru),
             "copies",
         )
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from ._blas import gemm
 from ._jit import helper, kernel
 from ._math import fast_sigmoid, fast_tanh
-from ._tiles import pack_panels, packed_product
+from ._tiles import PANEL, pack_panels, packed_product
 
 # --------------------------------------------------------------------------------------
 # Pieces shared by every cell type
@@ -424,6 +424,40 @@ def lstm_backward(
 # --------------------------------------------------------------------------------------
 
 
+@helper
+def _gru_forward_panels(panels, H):
+    """The forward panels of ``Wh[:, :2H]`` and of ``Wh[:, 2H:]``, views of ``panels``
+    (:func:`gru_forward`); both empty when ``panels`` is."""
+    split = min(panels.shape[0], (2 * H + PANEL - 1) // PANEL)
+    return panels[:split], panels[split:]
+
+
+@helper
+def _gru_backward_panels(panels, H):
+    """The backward panels of ``Wh[:, :2H].T`` (depth 2H) and of ``Wh[:, 2H:].T`` (depth
+    H): the memory of ``panels`` (P, 3H, PANEL) as (P, 2H, PANEL) then (P, H, PANEL)."""
+    P = panels.shape[0]
+    flat = panels.reshape(panels.size)
+    split = P * 2 * H * PANEL
+    return (
+        flat[:split].reshape((P, 2 * H, PANEL)),
+        flat[split:].reshape((P, H, PANEL)),
+    )
+
+
+@helper
+def _pack_gru(panels, Wh, transposed):
+    """Pack ``Wh[:, :2H]`` and ``Wh[:, 2H:]`` (their transposes when ``transposed``) into
+    ``panels`` as :func:`gru_forward` (:func:`gru_backward`) reads them."""
+    H = Wh.shape[0]
+    if transposed:
+        panels_zr, panels_h = _gru_backward_panels(panels, H)
+    else:
+        panels_zr, panels_h = _gru_forward_panels(panels, H)
+    pack_panels(panels_zr, Wh[:, : 2 * H], transposed)
+    pack_panels(panels_h, Wh[:, 2 * H :], transposed)
+
+
 @kernel
 def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, pool):
     """Run a GRU over a sequence.
@@ -448,11 +482,12 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
     b : (3H,) array
     WhT : (3H, H) or (0, H) array
         A contiguous ``Wh.T`` when the plan transposes the forward products, else empty.
-    panels : (0, H, 16) array
-        Empty: the GRU's products are not packed (its two per-step products would need
-        panels of two shapes). Passed so that the three cells share the step helpers.
+    panels : (ceil(2H / 16) + ceil(H / 16), H, 16) or (0, H, 16) array
+        Out: when the plan packs the per-step products, ``Wh[:, :2H]`` packed into the
+        first ``ceil(2H / 16)`` panels and ``Wh[:, 2H:]`` into the others (the two products
+        of a step); else empty.
     pool : (1 + threads, 12) int64 array
-        Unused while ``panels`` is empty.
+        The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs_tm.shape
     H = Wh.shape[0]
@@ -460,11 +495,14 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
     b_zr, b_h = b[: 2 * H], b[2 * H :]
     _load_sequence(xs_tm, xs)
     _load_state(h_hist[0], h0)
-    gemm(gates.reshape((T * N, 3 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
+    panels_zr, panels_h = _gru_forward_panels(panels, H)
+    if panels.shape[0] != 0:
+        _pack_gru(panels, Wh, False)
+    gemm(gates.reshape((T * N, 3 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(
-            gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels, pool
+            gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels_zr, pool
         )
         for n in range(N):
             a = gates[t, n]
@@ -476,7 +514,7 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
             for j in range(H):
                 rh_n[j] = r[j] * h_prev[j]
         _recurrent_product(
-            gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels, pool
+            gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels_h, pool
         )
         for n in range(N):
             a = gates[t, n]
@@ -521,17 +559,21 @@ def gru_backward(
         A contiguous ``Wh.T`` for ``route == BACKPROP_VIA_WT``, else empty.
     route : int
         How the per-step products with ``Wh.T`` run: a ``BACKPROP_*`` constant.
-    panels : (0, 3H, 16) array
-        Empty: the GRU's products are not packed (its two per-step products would need
-        panels of two shapes). Passed so that the three cells share the step helpers.
+    panels : (ceil(H / 16), 3H, 16) or (0, 3H, 16) array
+        Out: when the plan packs the per-step products, ``Wh[:, :2H].T`` and ``Wh[:, 2H:].T``
+        packed, one after the other in its memory (panels of depth 2H, then of depth H);
+        else empty.
     pool : (1 + threads, 12) int64 array
-        Unused while ``panels`` is empty.
+        The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
     one = dA.dtype.type(1.0)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
+    panels_zr, panels_h = _gru_backward_panels(panels, H)
+    if panels.shape[0] != 0:
+        _pack_gru(panels, Wh, True)
     for t in range(T - 1, -1, -1):
         for n in range(N):
             a = gates[t, n]
@@ -549,7 +591,7 @@ def gru_backward(
                 dz[j] = dh_n[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
             for j in range(H):
                 dh_n[j] *= one - z[j]
-        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route, panels, pool)
+        _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route, panels_h, pool)
         for n in range(N):
             r = gates[t, n, H : 2 * H]
             dr = dA[t, n, H : 2 * H]
@@ -560,7 +602,7 @@ def gru_backward(
                 dh_n[j] += r[j] * dhr_n[j]
             for j in range(H):
                 dr[j] = dhr_n[j] * h_prev[j] * r[j] * (one - r[j])
-        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route, panels, pool)
+        _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route, panels_zr, pool)
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
     _input_side_grads(dxs.reshape((rows, D)), dWx, db, dA2d, xs.reshape((rows, D)), Wx)
@@ -588,7 +630,38 @@ def repeat_backprop_to_state(reps, dh, dhT, dA_t, W, WT, route, panels, pool):
 
 
 @kernel
-def repeat_pack(reps, panels, W, transposed):
-    """Pack ``W`` (or ``W.T``) into ``panels`` ``reps`` times (for :mod:`fastrnn._planner`)."""
+def repeat_gru_recurrent_products(reps, A, h_prev, W, WT, scratchT, panels, pool):
+    """Run a GRU step's two forward products (``h @ W[:, :2H]``, then one with
+    ``W[:, 2H:]``) as :func:`gru_forward` does, ``reps`` times (for :mod:`fastrnn._planner`)."""
+    H = W.shape[0]
+    panels_zr, panels_h = _gru_forward_panels(panels, H)
     for _ in range(reps):
-        pack_panels(panels, W, transposed)
+        _recurrent_product(
+            A[:, : 2 * H], h_prev, W[:, : 2 * H], WT[: 2 * H], scratchT[: 2 * H], panels_zr, pool
+        )
+        _recurrent_product(
+            A[:, 2 * H :], h_prev, W[:, 2 * H :], WT[2 * H :], scratchT[2 * H :], panels_h, pool
+        )
+
+
+@kernel
+def repeat_gru_backprop_to_state(reps, dh, dhr, dhT, dA_t, W, WT, route, panels, pool):
+    """Run a GRU step's two backward products as :func:`gru_backward` does, ``reps`` times
+    (for :mod:`fastrnn._planner`)."""
+    H = W.shape[0]
+    panels_zr, panels_h = _gru_backward_panels(panels, H)
+    W_zr, W_h, WT_zr, WT_h = W[:, : 2 * H], W[:, 2 * H :], WT[: 2 * H], WT[2 * H :]
+    for _ in range(reps):
+        _backprop_to_state(dhr, dhT, dA_t[:, 2 * H :], W_h, WT_h, False, route, panels_h, pool)
+        _backprop_to_state(dh, dhT, dA_t[:, : 2 * H], W_zr, WT_zr, True, route, panels_zr, pool)
+
+
+@kernel
+def repeat_pack(reps, panels, W, transposed, gru):
+    """Pack ``W`` (or ``W.T``) into ``panels`` ``reps`` times, as the GRU's kernels do when
+    ``gru`` (for :mod:`fastrnn._planner`)."""
+    for _ in range(reps):
+        if gru:
+            _pack_gru(panels, W, transposed)
+        else:
+            pack_panels(panels, W, transposed)

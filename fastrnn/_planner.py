@@ -16,9 +16,8 @@ are timed on this machine, and the fastest is kept for the rest of the process:
   ``packed`` (``Wh.T`` packed).
 
 A route that needs a copy of ``Wh.T`` or the panels pays for it once per call, so the
-choice for a sequence of ``T`` steps weighs ``T`` products against one copy. The GRU's
-products are not packed (its two products per step would need panels of two shapes): for
-it, ``packed`` is never measured, and a pinned ``packed`` runs ``direct``. Timing a
+choice for a sequence of ``T`` steps weighs ``T`` products against one copy. A GRU step
+makes two products, with ``Wh[:, :2H]`` and with ``Wh[:, 2H:]``, and is timed so. Timing a
 combination costs a few milliseconds once (each candidate repeated for about 0.2 ms, three
 interleaved rounds, the fastest round kept, which is robust to a moment of load from
 elsewhere).
@@ -49,13 +48,11 @@ __all__ = ["Plan", "PLAN_VARIABLE", "forget", "generation", "pin", "plan", "plan
 PLAN_VARIABLE = "FASTRNN_PLAN"
 FORWARD_ROUTES = ("direct", "transposed", "packed")
 BACKWARD_ROUTES = ("direct", "scratch", "transposed", "packed")
-#: Gate counts whose layers can pack their products (not the GRU's 3).
-PACKING_GATES = (1, 4)
 _BACKPROP_CODES = {
     "direct": kernels.BACKPROP_DIRECT,
     "scratch": kernels.BACKPROP_VIA_SCRATCH,
     "transposed": kernels.BACKPROP_VIA_WT,
-    "packed": kernels.BACKPROP_DIRECT,  # the kernels go by the panels; this is the GRU's
+    "packed": kernels.BACKPROP_DIRECT,  # unused: the kernels go by the panels
 }
 
 
@@ -162,7 +159,8 @@ _ROUNDS = 3
 @dataclass(frozen=True)
 class StepTimes:
     """Seconds per product of every candidate, of one copy of ``Wh.T``, and of packing
-    ``Wh`` (``pack[0]``) and ``Wh.T`` (``pack[1]``) into panels (inf where not measured)."""
+    ``Wh`` (``pack[0]``) and ``Wh.T`` (``pack[1]``) into panels (inf where not measured:
+    a route that is left out of ``forward`` or ``backward`` does not compete)."""
 
     forward: dict
     backward: dict
@@ -203,48 +201,60 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     A = np.zeros((N, G), dtype)
     scratchT = np.empty((G, N), dtype)
     dA = rng.standard_normal((N, G)).astype(dtype)
-    dh = np.empty((N, H), dtype)
+    dh = np.zeros((N, H), dtype)  # the GRU accumulates into it
     dhT = np.empty((H, N), dtype)
-    # the packed route's worker is compiled (or loaded) only where it is a candidate
-    packs = gates in PACKING_GATES
-    pool = tiles.use_threads(tiles.new_pool(dtype)) if packs else tiles.UNUSED_POOL
+    pool = tiles.use_threads(tiles.new_pool(dtype))
     unpacked = np.empty((0, H, tiles.PANEL), dtype)
+    # A GRU step makes two products, with W[:, :2H] and W[:, 2H:]; they are timed as its
+    # kernels run them (two calls, panels packed apart), the other cells' one product as is.
+    gru = gates == 3
+    forward_panels = (
+        tiles.panel_count(2 * H) + tiles.panel_count(H) if gru else tiles.panel_count(G)
+    )
+    panels = np.empty((forward_panels, H, tiles.PANEL), dtype)
+    panelsT = np.empty((tiles.panel_count(H), G, tiles.PANEL), dtype)
+    kernels.repeat_pack(1, panels, W, False, gru)
+    kernels.repeat_pack(1, panelsT, W, True, gru)
+    dhr = np.zeros((N, H), dtype)
+
+    def forward_product(reps, WT_or_none, scratch, panels):
+        if gru:
+            kernels.repeat_gru_recurrent_products(reps, A, h, W, WT_or_none, scratch, panels, pool)
+        else:
+            kernels.repeat_recurrent_product(reps, A, h, W, WT_or_none, scratch, panels, pool)
+
+    def backward_product(reps, WT_or_none, code, panels):
+        if gru:
+            kernels.repeat_gru_backprop_to_state(
+                reps, dh, dhr, dhT, dA, W, WT_or_none, code, panels, pool
+            )
+        else:
+            kernels.repeat_backprop_to_state(reps, dh, dhT, dA, W, WT_or_none, code, panels, pool)
+
     forward_candidates = {
-        "direct": lambda r: kernels.repeat_recurrent_product(
-            r, A, h, W, no_WT, scratchT[:0], unpacked, pool
-        ),
-        "transposed": lambda r: kernels.repeat_recurrent_product(
-            r, A, h, W, WT, scratchT, unpacked, pool
-        ),
+        "direct": lambda r: forward_product(r, no_WT, scratchT[:0], unpacked),
+        "transposed": lambda r: forward_product(r, WT, scratchT, unpacked),
+        "packed": lambda r: forward_product(r, no_WT, scratchT[:0], panels),
     }
     backward_candidates = {
         route: (
-            lambda r, code=code, weights=WT if route == "transposed" else no_WT: (
-                kernels.repeat_backprop_to_state(r, dh, dhT, dA, W, weights, code, unpacked, pool)
+            lambda r, code=code, weights=WT if route == "transposed" else no_WT: backward_product(
+                r, weights, code, unpacked
             )
         )
         for route, code in _BACKPROP_CODES.items()
         if route != "packed"
     }
-    pack_costs = (math.inf, math.inf)
-    if packs:
-        panels = np.empty((tiles.panel_count(G), H, tiles.PANEL), dtype)
-        panelsT = np.empty((tiles.panel_count(H), G, tiles.PANEL), dtype)
-        kernels.repeat_pack(1, panels, W, False)
-        kernels.repeat_pack(1, panelsT, W, True)
-        forward_candidates["packed"] = lambda r: kernels.repeat_recurrent_product(
-            r, A, h, W, no_WT, scratchT[:0], panels, pool
-        )
-        backward_candidates["packed"] = lambda r: kernels.repeat_backprop_to_state(
-            r, dh, dhT, dA, W, no_WT, kernels.BACKPROP_DIRECT, panelsT, pool
-        )
-        pack_times = _time_candidates(
-            {
-                "forward": lambda r: kernels.repeat_pack(r, panels, W, False),
-                "backward": lambda r: kernels.repeat_pack(r, panelsT, W, True),
-            }
-        )
-        pack_costs = (pack_times["forward"], pack_times["backward"])
+    backward_candidates["packed"] = lambda r: backward_product(
+        r, no_WT, kernels.BACKPROP_DIRECT, panelsT
+    )
+    pack_times = _time_candidates(
+        {
+            "forward": lambda r: kernels.repeat_pack(r, panels, W, False, gru),
+            "backward": lambda r: kernels.repeat_pack(r, panelsT, W, True, gru),
+        }
+    )
+    pack_costs = (pack_times["forward"], pack_times["backward"])
     forward = _time_candidates(forward_candidates)
     backward = _time_candidates(backward_candidates)
 
@@ -256,13 +266,23 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     return StepTimes(forward, backward, copy_time, pack_costs)
 
 
+#: The packed route's time per step is weighed this much heavier. Timed alone, its panels
+#: stay in the caches and the BLAS library's workers stay awake, which a layer's steps,
+#: with element-wise work between the products, do not keep up as well: where the packed
+#: route measured within a few percent of the best other one, whole layers ran 5-18% slower
+#: with it (TimeGRU at H = 100, TimeLSTM at 128x7x16x128; AMD EPYC Zen 3, OpenBLAS).
+PACKED_HANDICAP = 1.1
+
+
 def choose(times: StepTimes, T: int) -> tuple[str, str]:
     """The cheapest forward and backward route for ``T`` steps, a copy or packing counted
-    once; only the routes ``times`` holds compete."""
+    once and packed steps weighed by :data:`PACKED_HANDICAP`; only the routes ``times``
+    holds compete."""
     once = {"transposed": (times.copy, times.copy), "packed": times.pack}
 
     def cost(route, per_step, direction):
-        return T * per_step + once.get(route, (0.0, 0.0))[direction]
+        weight = PACKED_HANDICAP if route == "packed" else 1.0
+        return T * per_step * weight + once.get(route, (0.0, 0.0))[direction]
 
     forward = min(times.forward, key=lambda r: cost(r, times.forward[r], 0))
     backward = min(times.backward, key=lambda r: cost(r, times.backward[r], 1))

@@ -52,12 +52,15 @@ from ._blas import BINDING, blas_threads
 from ._jit import helper
 
 __all__ = [
+    "MAX_THREADS",
     "PANEL",
+    "UNUSED_POOL",
     "new_pool",
     "pack_panels",
     "packed_product",
     "panel_count",
     "tiled_gemm_nn",
+    "use_threads",
 ]
 
 #: Columns per panel: two 256-bit vectors of float32.

@@ -55,8 +55,6 @@ class _Recurrence:
     has_cell_state = False
     #: What the forward kernel keeps per step for BPTT besides the states and the gates.
     step_activations: tuple[str, ...] = ()
-    #: Whether the kernels can pack the per-step products (:mod:`fastrnn._tiles`).
-    packs = True
 
     def __init__(self):
         self.ws = Workspace()
@@ -129,8 +127,7 @@ class _Recurrence:
         # The planner decides whether the per-step products run against a copy of Wh.T.
         routes = plan(self.gates, N, T, H, dtype)
         WhT = self._WhT_buffer(H, dtype, routes.forward_transposes)
-        packed = self.packs and routes.forward_packs
-        panel_count = tiles.panel_count(self.gates * H) if packed else 0
+        panel_count = self.forward_panel_count(H) if routes.forward_packs else 0
         h_hist = ws.take("h_hist", (T + 1, N, H), dtype)
         c_hist = ws.take("c_hist", (T + 1, N, H), dtype) if self.has_cell_state else None
         views = _ForwardViews(
@@ -140,7 +137,7 @@ class _Recurrence:
             WhT=WhT,
             scratchT=ws.take("scratchT", (WhT.shape[0], N), dtype),
             panels=ws.take("panels", (panel_count, H, tiles.PANEL), dtype),
-            pool=self._pool(dtype, packed),
+            pool=self._pool(dtype, panel_count > 0),
             routes=routes,
             activations=self._activation_views(T, N, H, dtype),
             hs_shape=(N, T, H),
@@ -183,7 +180,7 @@ class _Recurrence:
         WhT = self._WhT_buffer(H, dtype, routes.backward_transposes)
         if routes.backward_transposes:
             _copy_transposed(WhT, Wh)
-        packed = self.packs and routes.backward_packs
+        packed = routes.backward_packs
         G = self.gates * H
         panels = ws.take("panelsT", (tiles.panel_count(H) if packed else 0, G, tiles.PANEL), dtype)
         pool = self._pool(dtype, packed)
@@ -196,6 +193,10 @@ class _Recurrence:
             if target is not g:
                 g[...] = target
         return dxs_tm, dh, dc
+
+    def forward_panel_count(self, H):
+        """Panels of the forward's packed ``Wh`` (:func:`fastrnn._tiles.pack_panels`)."""
+        return tiles.panel_count(self.gates * H)
 
     def _pool(self, dtype, packed):
         """This layer's pool for packed products in ``dtype`` (:func:`fastrnn._tiles.new_pool`);
@@ -243,7 +244,7 @@ class _ForwardViews:
     c_hist: np.ndarray | None  # (T + 1, N, H), LSTM only
     WhT: np.ndarray  # (G*H, H), or (0, H) when the forward products use Wh itself
     scratchT: np.ndarray  # (G*H or 0, N)
-    panels: np.ndarray  # (ceil(G*H / 16), H, 16) for packed products, else (0, H, 16)
+    panels: np.ndarray  # (forward_panel_count(H), H, 16) for packed products, else (0, H, 16)
     pool: np.ndarray  # the threads of packed products
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
@@ -349,7 +350,10 @@ class _LSTMRecurrence(_Recurrence):
 class _GRURecurrence(_Recurrence):
     gates = 3
     step_activations = ("rh",)
-    packs = False  # two products per step: see fastrnn._planner
+
+    def forward_panel_count(self, H):
+        # Wh[:, :2H] and Wh[:, 2H:] are packed apart: a step's two products (gru_forward)
+        return tiles.panel_count(2 * H) + tiles.panel_count(H)
 
     def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         act = views.activations

@@ -54,12 +54,23 @@ def test_choice_weighs_t_products_against_one_copy():
     assert _planner.choose(scratch_wins, T=200)[1] == "transposed"
 
 
-def test_choice_weighs_packing_once_per_direction():
+def test_choice_weighs_packing_once_per_direction(monkeypatch):
+    monkeypatch.setattr(_planner, "PACKED_HANDICAP", 1.0)
     # packed saves 3 per step over direct; packing costs 30 forward, 50 backward
     times = _times((5.0, 4.0, 2.0), (5.0, 6.0, 4.0, 2.0), copy=10.0, pack=(30.0, 50.0))
     assert _planner.choose(times, T=5) == ("direct", "direct")
     assert _planner.choose(times, T=20) == ("packed", "transposed")  # 70 < 90; 90 ties 90
     assert _planner.choose(times, T=30) == ("packed", "packed")
+
+
+def test_packed_steps_must_win_by_the_handicap():
+    handicap = _planner.PACKED_HANDICAP
+    assert handicap > 1
+    # no packing cost: only the per-step times compete
+    close = _times((1.0, 9.0, 0.98 / handicap), (1.0, 9.0, 9.0, 0.98 / handicap), 1.0, (0, 0))
+    assert _planner.choose(close, T=10) == ("packed", "packed")
+    near_tie = _times((1.0, 9.0, 1.02 / handicap), (1.0, 9.0, 9.0, 0.97), 1.0, (0, 0))
+    assert _planner.choose(near_tie, T=10) == ("direct", "direct")
 
 
 def test_measured_plan_is_valid_and_measured_once(planner, monkeypatch):
@@ -90,15 +101,11 @@ def test_measured_plan_is_valid_and_measured_once(planner, monkeypatch):
 @pytest.mark.parametrize("gates", [1, 3, 4])
 def test_measurement_times_every_candidate(planner, gates):
     times = planner.measure(gates, 5, 8, np.float64)
-    # the GRU (3 gates) has no packed route
-    packed = set() if gates in planner.PACKING_GATES else {"packed"}
-    assert set(times.forward) == set(planner.FORWARD_ROUTES) - packed
-    assert set(times.backward) == set(planner.BACKWARD_ROUTES) - packed
-    once = [times.copy, *times.pack] if not packed else [times.copy]
+    assert set(times.forward) == set(planner.FORWARD_ROUTES)
+    assert set(times.backward) == set(planner.BACKWARD_ROUTES)
+    once = [times.copy, *times.pack]
     for value in [*times.forward.values(), *times.backward.values(), *once]:
         assert 0 < value < 0.1
-    if packed:
-        assert times.pack == (math.inf, math.inf)
 
 
 def test_batch_of_one_and_empty_need_no_measurement(planner, monkeypatch):

@@ -18,6 +18,9 @@ import pytest
 from _support import DTYPES, assert_close, assert_threads_give_serial_results
 from threadpoolctl import threadpool_limits
 
+import fastrnn
+from fastrnn import _kernels as kernels
+from fastrnn import _planner
 from fastrnn import _tiles as tiles
 from fastrnn._blas import BINDING
 from fastrnn._jit import kernel
@@ -79,6 +82,60 @@ def test_panels_hold_the_matrix_and_zeros(dtype):
     )  # fmt: skip
     np.testing.assert_array_equal(panelsT[0, :, :3], W.T)
     np.testing.assert_array_equal(panelsT[0, :, 3:], 0)
+
+
+def _unpacked(panels, columns):
+    """The (depth, columns) matrix that ``panels`` hold."""
+    depth = panels.shape[1]
+    return panels.transpose(1, 0, 2).reshape(depth, -1)[:, :columns]
+
+
+@pytest.mark.parametrize("H", [1, 9, 16, 23])
+def test_gru_packs_its_two_weight_blocks_apart(H):
+    """A GRU step makes one product with Wh[:, :2H], one with Wh[:, 2H:]: each block gets
+    panels of its own (forward), and of its own depth (backward, Wh.T)."""
+    W = np.random.default_rng(H).standard_normal((H, 3 * H))
+    forward = np.full((tiles.panel_count(2 * H) + tiles.panel_count(H), H, tiles.PANEL), np.nan)
+    kernels.repeat_pack(1, forward, W, False, True)
+    zr, h = kernels._gru_forward_panels(forward, H)
+    np.testing.assert_array_equal(_unpacked(zr, 2 * H), W[:, : 2 * H])
+    np.testing.assert_array_equal(_unpacked(h, H), W[:, 2 * H :])
+    backward = np.full((tiles.panel_count(H), 3 * H, tiles.PANEL), np.nan)
+    kernels.repeat_pack(1, backward, W, True, True)
+    zr, h = kernels._gru_backward_panels(backward, H)
+    assert zr.shape[1:] == (2 * H, tiles.PANEL) and h.shape[1:] == (H, tiles.PANEL)
+    np.testing.assert_array_equal(_unpacked(zr, H), W[:, : 2 * H].T)
+    np.testing.assert_array_equal(_unpacked(h, H), W[:, 2 * H :].T)
+    assert not np.isnan(backward).any()  # the two blocks fill the panels' memory exactly
+
+
+@pytest.mark.parametrize("layer", ["TimeRNN", "TimeLSTM", "TimeGRU"])
+def test_a_pinned_packed_route_packs(layer):
+    """Pinned, ``packed`` runs packed in both directions for every cell (no fallback)."""
+    gates = {"TimeRNN": 1, "TimeLSTM": 4, "TimeGRU": 3}[layer]
+    N, T, D, H = 3, 4, 5, 20
+    rng = np.random.default_rng(0)
+    params = [
+        rng.standard_normal(shape) for shape in [(D, gates * H), (H, gates * H), (gates * H,)]
+    ]
+    _planner.pin("forward=packed,backward=packed")
+    try:
+        fast = getattr(fastrnn, layer)(*params)
+        fast.forward(rng.standard_normal((N, T, D)))
+        fast.backward(rng.standard_normal((N, T, H)))
+    finally:
+        _planner.pin(os.environ.get(_planner.PLAN_VARIABLE, ""))
+    engine = fast._engine
+    Wh, gru = params[1], layer == "TimeGRU"
+    # the kernels' panels hold Wh (Wh.T) as packed here
+    forward_panels = engine._forward_views[1].panels
+    expected = np.empty((engine.forward_panel_count(H), H, tiles.PANEL))
+    kernels.repeat_pack(1, expected, Wh, False, gru)
+    np.testing.assert_array_equal(forward_panels, expected)
+    shape = (tiles.panel_count(H), gates * H, tiles.PANEL)
+    expected = np.empty(shape)
+    kernels.repeat_pack(1, expected, Wh, True, gru)
+    np.testing.assert_array_equal(engine.ws.take("panelsT", shape, np.float64), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
