@@ -107,9 +107,7 @@ def packed_weights(layer_name, packs, Wh, transposed):
     if not packs:
         return np.empty((0, depth, tiles.PANEL), Wh.dtype), tiles.UNUSED_POOL
     gru = layer_name == "TimeGRU"
-    count = tiles.panel_count(columns)
-    if gru and not transposed:  # Wh[:, :2H] and Wh[:, 2H:] apart, as gru_forward packs
-        count = tiles.panel_count(2 * H) + tiles.panel_count(H)
+    count = tiles.panel_count(H) if transposed else kernels.forward_panel_count(G // H, H)
     panels = np.empty((count, depth, tiles.PANEL), Wh.dtype)
     kernels.repeat_pack(1, panels, Wh, transposed, gru)
     return panels, tiles.use_threads(tiles.new_pool(Wh.dtype))

@@ -34,7 +34,7 @@ from __future__ import annotations
 from ._blas import gemm
 from ._jit import helper, kernel
 from ._math import fast_sigmoid, fast_tanh
-from ._tiles import PANEL, pack_panels, packed_product
+from ._tiles import PANEL, pack_panels, packed_product, panel_count
 
 # --------------------------------------------------------------------------------------
 # Pieces shared by every cell type
@@ -422,6 +422,15 @@ def lstm_backward(
 # GRU, gates z, r, h~ (reset applied before the product, as in the book):
 #   h~ = tanh(x @ Wxh + (r * h) @ Whh + bh),  h_t = (1 - z) * h_{t-1} + z * h~
 # --------------------------------------------------------------------------------------
+
+
+def forward_panel_count(gates, H):
+    """Panels of a forward kernel's packed ``Wh`` (H, gates * H): one set over all its
+    columns, except the GRU's (3 gates), whose two blocks are packed apart
+    (:func:`_gru_forward_panels`)."""
+    if gates == 3:
+        return panel_count(2 * H) + panel_count(H)
+    return panel_count(gates * H)
 
 
 @helper

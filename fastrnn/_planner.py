@@ -208,10 +208,7 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     # A GRU step makes two products, with W[:, :2H] and W[:, 2H:]; they are timed as its
     # kernels run them (two calls, panels packed apart), the other cells' one product as is.
     gru = gates == 3
-    forward_panels = (
-        tiles.panel_count(2 * H) + tiles.panel_count(H) if gru else tiles.panel_count(G)
-    )
-    panels = np.empty((forward_panels, H, tiles.PANEL), dtype)
+    panels = np.empty((kernels.forward_panel_count(gates, H), H, tiles.PANEL), dtype)
     panelsT = np.empty((tiles.panel_count(H), G, tiles.PANEL), dtype)
     kernels.repeat_pack(1, panels, W, False, gru)
     kernels.repeat_pack(1, panelsT, W, True, gru)

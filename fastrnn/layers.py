@@ -127,7 +127,7 @@ class _Recurrence:
         # The planner decides whether the per-step products run against a copy of Wh.T.
         routes = plan(self.gates, N, T, H, dtype)
         WhT = self._WhT_buffer(H, dtype, routes.forward_transposes)
-        panel_count = self.forward_panel_count(H) if routes.forward_packs else 0
+        panel_count = kernels.forward_panel_count(self.gates, H) if routes.forward_packs else 0
         h_hist = ws.take("h_hist", (T + 1, N, H), dtype)
         c_hist = ws.take("c_hist", (T + 1, N, H), dtype) if self.has_cell_state else None
         views = _ForwardViews(
@@ -194,10 +194,6 @@ class _Recurrence:
                 g[...] = target
         return dxs_tm, dh, dc
 
-    def forward_panel_count(self, H):
-        """Panels of the forward's packed ``Wh`` (:func:`fastrnn._tiles.pack_panels`)."""
-        return tiles.panel_count(self.gates * H)
-
     def _pool(self, dtype, packed):
         """This layer's pool for packed products in ``dtype`` (:func:`fastrnn._tiles.new_pool`);
         when not ``packed``, a pool that no kernel uses (no worker compiled for it)."""
@@ -244,7 +240,9 @@ class _ForwardViews:
     c_hist: np.ndarray | None  # (T + 1, N, H), LSTM only
     WhT: np.ndarray  # (G*H, H), or (0, H) when the forward products use Wh itself
     scratchT: np.ndarray  # (G*H or 0, N)
-    panels: np.ndarray  # (forward_panel_count(H), H, 16) for packed products, else (0, H, 16)
+    panels: (
+        np.ndarray
+    )  # (forward_panel_count(gates, H), H, 16) for packed products, else (0, H, 16)
     pool: np.ndarray  # the threads of packed products
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
@@ -350,10 +348,6 @@ class _LSTMRecurrence(_Recurrence):
 class _GRURecurrence(_Recurrence):
     gates = 3
     step_activations = ("rh",)
-
-    def forward_panel_count(self, H):
-        # Wh[:, :2H] and Wh[:, 2H:] are packed apart: a step's two products (gru_forward)
-        return tiles.panel_count(2 * H) + tiles.panel_count(H)
 
     def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
         act = views.activations

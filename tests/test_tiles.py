@@ -129,7 +129,7 @@ def test_a_pinned_packed_route_packs(layer):
     Wh, gru = params[1], layer == "TimeGRU"
     # the kernels' panels hold Wh (Wh.T) as packed here
     forward_panels = engine._forward_views[1].panels
-    expected = np.empty((engine.forward_panel_count(H), H, tiles.PANEL))
+    expected = np.empty((kernels.forward_panel_count(gates, H), H, tiles.PANEL))
     kernels.repeat_pack(1, expected, Wh, False, gru)
     np.testing.assert_array_equal(forward_panels, expected)
     shape = (tiles.panel_count(H), gates * H, tiles.PANEL)
