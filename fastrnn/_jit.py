@@ -32,7 +32,10 @@ import warnings
 from pathlib import Path
 
 import numba
+from numba import types
+from numba.core import sigutils
 from numba.core.caching import FunctionCache
+from numba.core.ccallback import CFunc
 
 #: The fastmath flags that are safe here: none of them changes what NaN or inf produce.
 SAFE_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
@@ -124,12 +127,13 @@ def _options() -> dict:
     )
 
 
-def _with_disk_cache(dispatcher):
-    """Give ``dispatcher`` a :class:`KernelCache` when the environment allows one."""
+def _with_disk_cache(dispatcher, func):
+    """Give ``dispatcher`` (or a C callback), compiled from ``func``, a
+    :class:`KernelCache` when the environment allows one."""
     if not disk_cache_requested():
         return dispatcher
     try:
-        dispatcher._cache = KernelCache(dispatcher.py_func)
+        dispatcher._cache = KernelCache(func)
     except RuntimeError as err:  # Numba found no writable cache directory for this file
         warn_no_cache(str(err))
     return dispatcher
@@ -148,7 +152,29 @@ def kernel(func):
     numba.core.registry.CPUDispatcher
         The dispatcher; it compiles lazily, once per argument types.
     """
-    return _with_disk_cache(numba.njit(**_options())(func))
+    return _with_disk_cache(numba.njit(**_options())(func), func)
+
+
+def callback(func):
+    """Compile ``func(address)`` into a C callback ``void (*)(void *)`` with fastrnn's
+    options: the jobs that OpenBLAS's threads run (:mod:`fastrnn._tiles`).
+
+    Cached on disk under the same key and conditions as :func:`kernel`, since a callback,
+    too, contains the helpers it calls.
+
+    Returns
+    -------
+    numba.core.ccallback.CFunc
+        Compiled (its ``address`` is the C function's).
+    """
+    options = _options()
+    del options["nogil"]  # a C callback holds no GIL to release
+    # What ``numba.cfunc`` does, but with fastrnn's cache in place of Numba's own.
+    signature = sigutils.normalize_signature(types.void(types.voidptr))
+    compiled = CFunc(func, signature, locals={}, options=options)
+    _with_disk_cache(compiled, func)
+    compiled.compile()
+    return compiled
 
 
 def helper(func):

@@ -25,6 +25,8 @@ runs ``function(args + i * stride)`` for ``i < n``, the first on the calling thr
 others on its workers, and returns when all are done. The layer passes the number of
 threads the BLAS currently uses (so ``threadpoolctl`` limits and ``OPENBLAS_NUM_THREADS``
 hold); with one thread, or another BLAS library, the panels run on the calling thread.
+The same pools run other jobs that split well by rows (the softmax cross-entropy of
+:mod:`fastrnn._kernels_sequence`): :func:`new_pool` takes the worker that runs them.
 
 Measured on a 2-core AMD EPYC (Zen 3, AVX2; OpenBLAS 0.3.31, Haswell kernels), repeated in
 a compiled loop: ``(20, 650) @ (650, 2600)`` at 130-145 GFLOP/s against OpenBLAS's 55-80,
@@ -43,7 +45,7 @@ import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
+from numba import carray, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -52,27 +54,37 @@ from ._blas import BINDING, blas_threads
 from ._jit import helper
 
 __all__ = [
+    "DISPATCH",
+    "JOB_BYTES",
+    "JOB_FIELDS",
     "MAX_THREADS",
     "PANEL",
+    "THREADS",
     "UNUSED_POOL",
+    "WORKER",
+    "address_of",
+    "call_dispatch",
     "new_pool",
     "pack_panels",
     "packed_product",
     "panel_count",
     "tiled_gemm_nn",
+    "pointer_to",
     "use_threads",
+    "worker_address",
 ]
 
 #: Columns per panel: two 256-bit vectors of float32.
 PANEL = 16
 
-#: The int64 fields of one thread's job in a pool (see :func:`new_pool`).
+#: The int64 fields of one thread's job in a pool (see :func:`new_pool`), and its size.
 JOB_FIELDS = 12
-_JOB_BYTES = JOB_FIELDS * 8
-# job fields
+JOB_BYTES = JOB_FIELDS * 8
+# a packed product's job fields
 _C, _A, _PANELS, _ROWS, _DEPTH, _LDC, _LDA, _COLUMNS, _FIRST, _STOP, _ACCUMULATE = range(11)
-# fields of a pool's row 0
-_DISPATCH, _WORKER, _THREADS = range(3)
+#: Fields of a pool's row 0: the dispatch function's and the worker's addresses, and the
+#: number of threads to use.
+DISPATCH, WORKER, THREADS = range(3)
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -360,7 +372,7 @@ def _panel_range_product(C, A, panels, first, stop, accumulate):
 
 
 @intrinsic
-def _call_dispatch(typingctx, dispatch, threads, worker, jobs, stride):
+def call_dispatch(typingctx, dispatch, threads, worker, jobs, stride):
     """``dispatch(threads, worker, jobs, stride)`` for the C function at address ``dispatch``,
     ``int (*)(int, void *, void *, int)``: OpenBLAS's ``gotoblas_pthread``."""
     sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
@@ -384,7 +396,7 @@ def _call_dispatch(typingctx, dispatch, threads, worker, jobs, stride):
 
 
 @intrinsic
-def _pointer_to(typingctx, address, like):
+def pointer_to(typingctx, address, like):
     """The integer ``address`` as a pointer to elements of ``like``'s type."""
     if not isinstance(like, (types.Float, types.Integer)):
         return None
@@ -397,7 +409,7 @@ def _pointer_to(typingctx, address, like):
 
 
 @intrinsic
-def _address_of(typingctx, pointer):
+def address_of(typingctx, pointer):
     """A ``void *`` as an int64."""
     if not isinstance(pointer, (types.RawPointer, types.CPointer)):
         return None
@@ -425,8 +437,8 @@ def packed_product(C, A, panels, accumulate, pool):
         number of threads to use; the other rows are scratch for the threads' jobs.
     """
     P = panels.shape[0]
-    threads = min(pool[0, _THREADS], P, pool.shape[0] - 1)
-    if threads <= 1 or pool[0, _DISPATCH] == 0:
+    threads = min(pool[0, THREADS], P, pool.shape[0] - 1)
+    if threads <= 1 or pool[0, DISPATCH] == 0:
         _panel_range_product(C, A, panels, 0, P, accumulate)
         return
     itemsize = C.itemsize
@@ -443,7 +455,7 @@ def packed_product(C, A, panels, accumulate, pool):
         job[_FIRST] = t * P // threads
         job[_STOP] = (t + 1) * P // threads
         job[_ACCUMULATE] = 1 if accumulate else 0
-    _call_dispatch(pool[0, _DISPATCH], threads, pool[0, _WORKER], pool[1:].ctypes.data, _JOB_BYTES)
+    call_dispatch(pool[0, DISPATCH], threads, pool[0, WORKER], pool[1:].ctypes.data, JOB_BYTES)
 
 
 def _job_worker(dtype):
@@ -451,35 +463,30 @@ def _job_worker(dtype):
     zero = dtype.type(0)
 
     def worker(address):
-        job = carray(_pointer_to(_address_of(address), np.int64(0)), (JOB_FIELDS,))
+        job = carray(pointer_to(address_of(address), np.int64(0)), (JOB_FIELDS,))
         rows, depth, columns = job[_ROWS], job[_DEPTH], job[_COLUMNS]
         P = (columns + PANEL - 1) // PANEL
-        C = carray(_pointer_to(job[_C], zero), (rows, job[_LDC]))[:, :columns]
-        A = carray(_pointer_to(job[_A], zero), (rows, job[_LDA]))[:, :depth]
-        panels = carray(_pointer_to(job[_PANELS], zero), (P, depth, PANEL))
+        C = carray(pointer_to(job[_C], zero), (rows, job[_LDC]))[:, :columns]
+        A = carray(pointer_to(job[_A], zero), (rows, job[_LDA]))[:, :depth]
+        panels = carray(pointer_to(job[_PANELS], zero), (P, depth, PANEL))
         _panel_range_product(C, A, panels, job[_FIRST], job[_STOP], job[_ACCUMULATE] != 0)
 
-    options = dict(fastmath=set(_jit.SAFE_FASTMATH), error_model="numpy")
-    if _jit.disk_cache_requested():
-        try:
-            return cfunc(types.void(types.voidptr), cache=True, **options)(worker)
-        except RuntimeError as err:  # no writable cache directory
-            _jit.warn_no_cache(str(err))
-    return cfunc(types.void(types.voidptr), **options)(worker)
+    return _jit.callback(worker)
 
 
 _workers: dict = {}
 _workers_lock = threading.Lock()
 
 
-def _worker_address(dtype) -> int:
-    """The compiled worker for ``dtype``, made on first use (about 5 s of compiling, once:
-    the disk cache keeps it)."""
+def worker_address(make_worker, dtype) -> int:
+    """The address of the C callback ``make_worker(dtype)`` compiles (through
+    :func:`fastrnn._jit.callback`), made on first use: a few seconds of compiling, once,
+    since the disk cache keeps it."""
     dtype = np.dtype(dtype)
     with _workers_lock:
-        worker = _workers.get(dtype)
+        worker = _workers.get((make_worker, dtype))
         if worker is None:
-            worker = _workers[dtype] = _job_worker(dtype)
+            worker = _workers[make_worker, dtype] = make_worker(dtype)
     return worker.address
 
 
@@ -487,16 +494,18 @@ def _worker_address(dtype) -> int:
 MAX_THREADS = 64
 
 
-def new_pool(dtype) -> np.ndarray:
-    """A pool for :func:`packed_product` in ``dtype``: row 0 names the dispatch function
-    (OpenBLAS's ``gotoblas_pthread``, or 0 to run on the calling thread) and the worker;
-    :func:`use_threads` sets the thread count before each call."""
+def new_pool(dtype, make_worker=_job_worker) -> np.ndarray:
+    """A pool for :func:`packed_product` in ``dtype`` (or for the jobs of another
+    ``make_worker``): row 0 names the dispatch function (OpenBLAS's ``gotoblas_pthread``,
+    or 0 to run on the calling thread) and the worker; :func:`use_threads` sets the thread
+    count before each call. The other rows are the threads' jobs, :data:`JOB_FIELDS` int64
+    each."""
     pool = np.zeros((1 + MAX_THREADS, JOB_FIELDS), np.int64)
     dispatch = BINDING.thread_dispatch
     if dispatch:
-        pool[0, _DISPATCH] = dispatch
-        pool[0, _WORKER] = _worker_address(dtype)
-    pool[0, _THREADS] = 1
+        pool[0, DISPATCH] = dispatch
+        pool[0, WORKER] = worker_address(make_worker, dtype)
+    pool[0, THREADS] = 1
     return pool
 
 
@@ -508,5 +517,5 @@ UNUSED_POOL = np.zeros((1, JOB_FIELDS), np.int64)
 
 def use_threads(pool: np.ndarray) -> np.ndarray:
     """Set ``pool`` to as many threads as NumPy's BLAS uses now; returns ``pool``."""
-    pool[0, _THREADS] = blas_threads() if pool[0, _DISPATCH] else 1
+    pool[0, THREADS] = blas_threads() if pool[0, DISPATCH] else 1
     return pool

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels_sequence as kernels
+from . import _tiles as tiles
+from ._blas import blas_threads
 from ._validation import (
     RepeatedCall,
     check_affine_params,
@@ -58,6 +60,11 @@ __all__ = [
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
+
+#: Fewest scores per thread before the softmax cross-entropy splits its rows between the
+#: BLAS library's threads (waking one costs microseconds; 2**16 float32 scores take about
+#: 40 us here).
+SOFTMAX_SCORES_PER_THREAD = 1 << 16
 _LAST_OUTPUT = "the last forward's output"
 
 
@@ -355,6 +362,22 @@ class TimeSoftmaxWithLoss:
         self.ignore_label = -1
         self._ws = Workspace()
         self._saved = None  # what the last forward left for backward
+        self._pools = {}  # dtype -> pool of the BLAS library's threads
+
+    def _pool(self, dtype, rows, V):
+        """The threads to split ``rows`` rows of ``V`` scores between: this layer's pool in
+        ``dtype``, set to as many threads as the BLAS uses and the work fills, or
+        ``UNUSED_POOL`` to run on the calling thread."""
+        threads = min(rows, rows * V // SOFTMAX_SCORES_PER_THREAD)
+        if threads > 1:  # (asking the BLAS costs a call through ctypes)
+            threads = min(threads, blas_threads())
+        if threads <= 1:
+            return tiles.UNUSED_POOL
+        pool = self._pools.get(dtype)
+        if pool is None:
+            pool = self._pools[dtype] = tiles.new_pool(dtype, kernels.softmax_worker)
+        pool[0, tiles.THREADS] = threads
+        return pool
 
     def _target_ids(self, ts, shape, ignore_label):
         """Check ``ts`` against scores of ``shape`` (N, T, V); return (N*T,) int64 ids."""
@@ -393,7 +416,8 @@ class TimeSoftmaxWithLoss:
         dtype = _compute_dtype(xs.dtype)
         scores = kernel_ready(xs, dtype, self._ws, "xs").reshape(N * T, V)
         lse = self._ws.take("lse", (N * T,), dtype)
-        total, count = kernels.softmax_cross_entropy_forward(lse, scores, ids, ignore_label)
+        pool = self._pool(dtype, N * T, V)
+        total, count = kernels.softmax_cross_entropy_forward(lse, scores, ids, ignore_label, pool)
         self._saved = (scores, lse, ids, ignore_label, count, (N, T, V))
         return total / count if count else float("nan")
 
@@ -417,8 +441,9 @@ class TimeSoftmaxWithLoss:
         scores, lse, ids, ignore_label, count, shape = self._saved
         scale = scores.dtype.type(dout / count if count else 0.0)
         dxs = np.empty(shape, dtype=scores.dtype)
+        pool = self._pool(scores.dtype, *scores.shape)
         kernels.softmax_cross_entropy_backward(
-            dxs.reshape(scores.shape), scores, lse, ids, ignore_label, scale
+            dxs.reshape(scores.shape), scores, lse, ids, ignore_label, scale, pool
         )
         return dxs
 

@@ -36,10 +36,13 @@ from _support import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
+from threadpoolctl import threadpool_limits
 
 import fastrnn._kernels_sequence as kernels_module
 from fastrnn import reference as ref
 from fastrnn import sequence_layers as seq
+from fastrnn._blas import BINDING, blas_threads
+from fastrnn._tiles import THREADS
 
 DTYPE_IDS = {np.float32: "f32", np.float64: "f64"}
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
@@ -516,6 +519,18 @@ SOFTMAX_SHAPES = {
 }
 
 
+@pytest.fixture(params=["calling-thread", "blas-threads"])
+def softmax_threads(request, monkeypatch):
+    """Where the softmax cross-entropy runs: on the calling thread, or (``blas-threads``)
+    split between the BLAS library's threads however few its scores, which on a machine
+    with one BLAS thread, or a BLAS without a thread dispatch, is the calling thread too."""
+    if request.param == "blas-threads":
+        monkeypatch.setattr(seq, "SOFTMAX_SCORES_PER_THREAD", 1)
+    else:
+        monkeypatch.setattr(seq, "SOFTMAX_SCORES_PER_THREAD", 2**62)
+    return request.param
+
+
 def run_softmax(fast, reference, xs, ts, dtype, douts=(1,)):
     """Forward, then a backward per ``dout``, on both layers; returns the loss and the
     last dxs."""
@@ -532,7 +547,7 @@ def run_softmax(fast, reference, xs, ts, dtype, douts=(1,)):
 
 @pytest.mark.parametrize("shape", SOFTMAX_SHAPES.values(), ids=SOFTMAX_SHAPES.keys())
 @dtypes
-def test_softmax_with_loss_matches_reference(rng, dtype, shape):
+def test_softmax_with_loss_matches_reference(softmax_threads, rng, dtype, shape):
     """Loss and gradient, with a few positions ignored; backward repeated with other douts."""
     N, T, V = shape
     xs = 3 * randn(rng, (N, T, V), dtype)
@@ -550,7 +565,7 @@ def test_softmax_with_loss_matches_reference(rng, dtype, shape):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @dtypes
-def test_softmax_with_loss_strided_inputs(rng, dtype, layout):
+def test_softmax_with_loss_strided_inputs(softmax_threads, rng, dtype, layout):
     N, T, V = 3, 4, 6
     xs = make_layout(rng, layout, (N, T, V), dtype)
     ts = (make_layout(rng, layout, (N, T)) * 100).astype(np.int64) % V
@@ -580,7 +595,7 @@ def test_softmax_with_loss_one_hot_targets(rng, dtype, onehot_dtype):
 
 @pytest.mark.parametrize("ignore_label", [-1, 0, 5, -100])
 @dtypes
-def test_softmax_with_loss_honours_ignore_label(rng, dtype, ignore_label):
+def test_softmax_with_loss_honours_ignore_label(softmax_threads, rng, dtype, ignore_label):
     """The attribute's value at forward time decides which positions count; ids equal to
     it may lie inside [0, V)."""
     N, T, V = 4, 5, 6
@@ -607,7 +622,7 @@ def test_softmax_with_loss_all_ignored_is_nan_without_warning(rng, dtype):
 
 
 @dtypes
-def test_softmax_with_loss_large_and_special_scores(rng, dtype):
+def test_softmax_with_loss_large_and_special_scores(softmax_threads, rng, dtype):
     """Scores far from zero, -inf (a zero probability, at and away from the target), NaN
     and +inf at counted positions: the reference's numbers and special values."""
     N, T, V = 4, 3, 5
@@ -627,7 +642,9 @@ def test_softmax_with_loss_large_and_special_scores(rng, dtype):
 
 
 @dtypes
-def test_softmax_with_loss_special_scores_at_ignored_positions_do_not_count(rng, dtype):
+def test_softmax_with_loss_special_scores_at_ignored_positions_do_not_count(
+    softmax_threads, rng, dtype
+):
     """NaN or inf at an ignored position changes nothing: loss and gradient are those
     without it, and its gradient is 0. (The reference multiplies its NaN softmax there by
     the 0 of the mask and keeps the NaN; ignored positions are 0 here by definition.)"""
@@ -642,6 +659,31 @@ def test_softmax_with_loss_special_scores_at_ignored_positions_do_not_count(rng,
         special[1, 1] = value
         assert layer.forward(special, ts) == loss
         np.testing.assert_array_equal(layer.backward(), dxs)
+
+
+@dtypes
+def test_softmax_with_loss_splits_large_batches_between_blas_threads(rng, dtype):
+    """Above :data:`SOFTMAX_SCORES_PER_THREAD` scores per thread the rows are split between
+    the BLAS library's threads: ``lse`` and the gradient bit for bit as on one thread, the
+    loss up to the order in which the threads' sums are added."""
+    N, T = 4, 5
+    V = 2 * seq.SOFTMAX_SCORES_PER_THREAD // (N * T) + 1
+    xs, ts = 3 * randn(rng, (N, T, V), dtype), make_ids(rng, N, T, V)
+    ts[1, 2] = -1
+    split, alone = seq.TimeSoftmaxWithLoss(), seq.TimeSoftmaxWithLoss()
+    loss = split.forward(xs, ts)
+    dxs = split.backward(0.5)
+    with threadpool_limits(1, user_api="blas"):
+        loss_alone = alone.forward(xs, ts)
+        dxs_alone = alone.backward(0.5)
+    assert alone._pools == {}  # one BLAS thread: no pool made
+    if BINDING.thread_dispatch and blas_threads() > 1:
+        assert list(split._pools) == [np.dtype(dtype)]
+        assert split._pools[np.dtype(dtype)][0, THREADS] == min(blas_threads(), 2)
+    counted = ts.reshape(-1) != -1  # lse is only written for these rows
+    np.testing.assert_array_equal(split._saved[1][counted], alone._saved[1][counted])
+    np.testing.assert_array_equal(dxs, dxs_alone)
+    assert loss == pytest.approx(loss_alone, rel=1e-12)
 
 
 def test_softmax_with_loss_keeps_only_one_value_per_row(rng):
@@ -1610,10 +1652,12 @@ def test_misuse(name, kind, dtype, kernel_spy, global_seed):
     pair.recover()
 
 
-def test_separate_layers_in_threads_give_the_serial_results():
+def test_separate_layers_in_threads_give_the_serial_results(monkeypatch):
     """Kernels release the GIL; separate layers in threads give bit-for-bit the serial
     results. (TimeDropout is left out: it draws from NumPy's global random state, which
-    threads share, as the book's layer does.)"""
+    threads share, as the book's layer does.) The softmax cross-entropy splits its rows
+    between the BLAS library's threads, which all the Python threads share."""
+    monkeypatch.setattr(seq, "SOFTMAX_SCORES_PER_THREAD", 1)
     N, T, D, V = 6, 9, 16, 50
 
     def job(seed):
