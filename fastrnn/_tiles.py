@@ -68,8 +68,8 @@ __all__ = [
     "pack_panels",
     "packed_product",
     "panel_count",
-    "tiled_gemm_nn",
     "pointer_to",
+    "tiled_gemm_nn",
     "use_threads",
     "worker_address",
 ]

@@ -229,6 +229,18 @@ def test_one_core_still_finishes_and_is_right():
             run(C, A, W, panels, pool)
         np.testing.assert_allclose(C, A @ W, rtol=1e-4, atol=1e-4)
         print("threads", pool[0, 2])
+
+        # the softmax cross-entropy's jobs on the same pool of workers
+        from fastrnn import reference, sequence_layers
+        xs = rng.standard_normal((4, 8, 5000)).astype(np.float32)
+        ts = rng.integers(0, 5000, size=(4, 8))
+        fast, book = sequence_layers.TimeSoftmaxWithLoss(), reference.TimeSoftmaxWithLoss()
+        with threadpool_limits(2, user_api="blas"):
+            loss = fast.forward(xs, ts)
+            dxs = fast.backward()
+        np.testing.assert_allclose(loss, book.forward(xs, ts), rtol=1e-5)
+        np.testing.assert_allclose(dxs, book.backward(), rtol=1e-4, atol=1e-9)
+        print("softmax threads", [int(p[0, 2]) for p in fast._pools.values()])
         """
     )
     done = subprocess.run(
@@ -236,3 +248,4 @@ def test_one_core_still_finishes_and_is_right():
     )
     assert done.returncode == 0, done.stderr
     assert "threads" in done.stdout
+    assert "softmax threads" in done.stdout
