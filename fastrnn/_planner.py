@@ -203,7 +203,7 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     dA = rng.standard_normal((N, G)).astype(dtype)
     dh = np.zeros((N, H), dtype)  # the GRU accumulates into it
     dhT = np.empty((H, N), dtype)
-    pool = tiles.use_threads(tiles.new_pool(dtype))
+    pool = tiles.thread_pool(dtype)
     unpacked = np.empty((0, H, tiles.PANEL), dtype)
     # A GRU step makes two products, with W[:, :2H] and W[:, 2H:]; they are timed as its
     # kernels run them (two calls, panels packed apart), the other cells' one product as is.

@@ -69,6 +69,7 @@ __all__ = [
     "packed_product",
     "panel_count",
     "pointer_to",
+    "thread_pool",
     "tiled_gemm_nn",
     "use_threads",
     "worker_address",
@@ -519,3 +520,25 @@ def use_threads(pool: np.ndarray) -> np.ndarray:
     """Set ``pool`` to as many threads as NumPy's BLAS uses now; returns ``pool``."""
     pool[0, THREADS] = blas_threads() if pool[0, DISPATCH] else 1
     return pool
+
+
+_thread_pools = threading.local()
+
+
+def thread_pool(dtype, make_worker=_job_worker) -> np.ndarray:
+    """The calling Python thread's pool for the jobs of ``make_worker`` in ``dtype``, set by
+    :func:`use_threads` to as many threads as NumPy's BLAS uses now.
+
+    Pools belong to Python threads, not to layers: a pool holds the addresses of compiled
+    functions, valid in this process only, so a layer that kept one would carry them
+    into a pickle and crash the process that loads it. A Python thread runs one kernel at
+    a time, so its layers can share one pool; other threads have their own.
+    """
+    pools = getattr(_thread_pools, "pools", None)
+    if pools is None:
+        pools = _thread_pools.pools = {}
+    key = (make_worker, np.dtype(dtype))
+    pool = pools.get(key)
+    if pool is None:
+        pool = pools[key] = new_pool(dtype, make_worker)
+    return use_threads(pool)

@@ -60,7 +60,6 @@ class _Recurrence:
         self.ws = Workspace()
         self.saved = None  # what the last forward left for backward
         self._forward_views = None  # (shape key, _ForwardViews) of the last forward
-        self._pools = {}  # dtype -> the thread pool of packed products
 
     def forward(self, xs, Wx, Wh, b, h0, c0):
         """Run the sequence ``xs`` (N, T, D), starting from ``h0`` (and ``c0``).
@@ -86,13 +85,13 @@ class _Recurrence:
         views = self._views_for(N, T, D, Wh.shape[0], Wx.dtype)
         if views.routes.forward_transposes:
             _copy_transposed(views.WhT, Wh)
-        if views.panels.shape[0]:
-            tiles.use_threads(views.pool)
+        pool = tiles.thread_pool(Wx.dtype) if views.panels.shape[0] else tiles.UNUSED_POOL
         hs = np.empty(views.hs_shape, Wx.dtype)  # fresh on every call; the kernel fills it
         no_state = views.no_state
         self._run_forward(
             hs,
             views,
+            pool,
             xs,
             no_state if h0 is None else h0,
             no_state if c0 is None else c0,
@@ -137,7 +136,6 @@ class _Recurrence:
             WhT=WhT,
             scratchT=ws.take("scratchT", (WhT.shape[0], N), dtype),
             panels=ws.take("panels", (panel_count, H, tiles.PANEL), dtype),
-            pool=self._pool(dtype, panel_count > 0),
             routes=routes,
             activations=self._activation_views(T, N, H, dtype),
             hs_shape=(N, T, H),
@@ -183,9 +181,7 @@ class _Recurrence:
         packed = routes.backward_packs
         G = self.gates * H
         panels = ws.take("panelsT", (tiles.panel_count(H) if packed else 0, G, tiles.PANEL), dtype)
-        pool = self._pool(dtype, packed)
-        if packed:
-            tiles.use_threads(pool)
+        pool = tiles.thread_pool(dtype) if packed else tiles.UNUSED_POOL
         self._run_backward(
             dxs_tm, targets, dh, dc, dhT, WhT, routes.backward_code, panels, pool, dhs, saved
         )
@@ -193,16 +189,6 @@ class _Recurrence:
             if target is not g:
                 g[...] = target
         return dxs_tm, dh, dc
-
-    def _pool(self, dtype, packed):
-        """This layer's pool for packed products in ``dtype`` (:func:`fastrnn._tiles.new_pool`);
-        when not ``packed``, a pool that no kernel uses (no worker compiled for it)."""
-        if not packed:
-            return tiles.UNUSED_POOL
-        pool = self._pools.get(dtype)
-        if pool is None:
-            pool = self._pools[dtype] = tiles.new_pool(dtype)
-        return pool
 
     def _WhT_buffer(self, H, dtype, wanted):
         """The workspace for a contiguous ``Wh.T``, (G*H, H) when ``wanted``, else an empty
@@ -224,7 +210,7 @@ class _Recurrence:
             views[name] = self.ws.take(name, (T, N, H), dtype)
         return views
 
-    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
+    def _run_forward(self, hs, views, pool, xs, h0, c0, Wx, Wh, b):
         raise NotImplementedError
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
@@ -243,7 +229,6 @@ class _ForwardViews:
     panels: (
         np.ndarray
     )  # (forward_panel_count(gates, H), H, 16) for packed products, else (0, H, 16)
-    pool: np.ndarray  # the threads of packed products
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
     hs_shape: tuple  # (N, T, H)
@@ -268,10 +253,10 @@ def _set_initial(buffer, value):
 class _RNNRecurrence(_Recurrence):
     gates = 1
 
-    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
+    def _run_forward(self, hs, views, pool, xs, h0, c0, Wx, Wh, b):
         kernels.rnn_forward(
             hs, views.h_hist, views.scratchT, views.xs_tm, xs, h0, Wx, Wh, b, views.WhT,
-            views.panels, views.pool,
+            views.panels, pool,
         )  # fmt: skip
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
@@ -299,7 +284,7 @@ class _LSTMRecurrence(_Recurrence):
     has_cell_state = True
     step_activations = ("tanh_c",)
 
-    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
+    def _run_forward(self, hs, views, pool, xs, h0, c0, Wx, Wh, b):
         act = views.activations
         kernels.lstm_forward(
             hs,
@@ -317,7 +302,7 @@ class _LSTMRecurrence(_Recurrence):
             b,
             views.WhT,
             views.panels,
-            views.pool,
+            pool,
         )
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
@@ -349,11 +334,11 @@ class _GRURecurrence(_Recurrence):
     gates = 3
     step_activations = ("rh",)
 
-    def _run_forward(self, hs, views, xs, h0, c0, Wx, Wh, b):
+    def _run_forward(self, hs, views, pool, xs, h0, c0, Wx, Wh, b):
         act = views.activations
         kernels.gru_forward(
             hs, act["gates"], act["rh"], views.h_hist, views.scratchT, views.xs_tm, xs, h0,
-            Wx, Wh, b, views.WhT, views.panels, views.pool,
+            Wx, Wh, b, views.WhT, views.panels, pool,
         )  # fmt: skip
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):

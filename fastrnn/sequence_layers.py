@@ -27,7 +27,6 @@ import numpy as np
 
 from . import _kernels_sequence as kernels
 from . import _tiles as tiles
-from ._blas import blas_threads
 from ._validation import (
     RepeatedCall,
     check_affine_params,
@@ -362,21 +361,16 @@ class TimeSoftmaxWithLoss:
         self.ignore_label = -1
         self._ws = Workspace()
         self._saved = None  # what the last forward left for backward
-        self._pools = {}  # dtype -> pool of the BLAS library's threads
 
     def _pool(self, dtype, rows, V):
-        """The threads to split ``rows`` rows of ``V`` scores between: this layer's pool in
-        ``dtype``, set to as many threads as the BLAS uses and the work fills, or
-        ``UNUSED_POOL`` to run on the calling thread."""
+        """The threads to split ``rows`` rows of ``V`` scores between: the calling thread's
+        pool in ``dtype`` (:func:`fastrnn._tiles.thread_pool`), set to as many threads as
+        the BLAS uses and the work fills, or ``UNUSED_POOL`` to run on the calling thread."""
         threads = min(rows, rows * V // SOFTMAX_SCORES_PER_THREAD)
-        if threads > 1:  # (asking the BLAS costs a call through ctypes)
-            threads = min(threads, blas_threads())
         if threads <= 1:
             return tiles.UNUSED_POOL
-        pool = self._pools.get(dtype)
-        if pool is None:
-            pool = self._pools[dtype] = tiles.new_pool(dtype, kernels.softmax_worker)
-        pool[0, tiles.THREADS] = threads
+        pool = tiles.thread_pool(dtype, kernels.softmax_worker)
+        pool[0, tiles.THREADS] = min(threads, pool[0, tiles.THREADS])
         return pool
 
     def _target_ids(self, ts, shape, ignore_label):

@@ -2,6 +2,7 @@
 read-only installs, upgrades, and inputs full of NaN and inf.
 
 * Threads: separate layers in separate threads give bit-for-bit the serial results.
+* Pickling: a pickled layer runs in a new process as it did where it was made.
 * Memory: repeated calls at one shape allocate nothing that stays; a new shape grows the
   workspaces once.
 * Cache: with no writable cache directory everything compiles in memory with exactly one
@@ -255,6 +256,63 @@ def test_layers_are_freed():
         del layer
         gc.collect()
         assert ref() is None and workspace() is None, kind
+
+
+_PICKLE_SCRIPT = """
+import pickle, sys
+import numpy as np
+import fastrnn.time_layers as F
+
+path, mode = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+xs = rng.standard_normal((4, 6, 8)).astype(np.float32)
+scores = rng.standard_normal((4, 6, 20000)).astype(np.float32)
+ts = rng.integers(0, 20000, size=(4, 6))
+if mode == "save":
+    H = 40
+    lstm = F.TimeLSTM(
+        *(rng.standard_normal(shape).astype(np.float32) * 0.3
+          for shape in [(8, 4 * H), (H, 4 * H), (4 * H,)]),
+        stateful=True,
+    )
+    loss = F.TimeSoftmaxWithLoss()
+    lstm.backward(lstm.forward(xs))  # every workspace, plan and pool made
+    loss.forward(scores, ts)
+    loss.backward()
+    with open(path + ".pkl", "wb") as f:
+        pickle.dump((lstm, loss), f)
+else:
+    with open(path + ".pkl", "rb") as f:
+        lstm, loss = pickle.load(f)
+hs = lstm.forward(xs)
+dxs = lstm.backward(hs)
+value = loss.forward(scores, ts)
+np.savez(path + "." + mode + ".npz", hs=hs, dxs=dxs, dWh=lstm.grads[1], loss=value,
+         dscores=loss.backward())
+"""
+
+
+@pytest.mark.slow
+def test_pickled_layers_run_in_a_new_process(tmp_path):
+    """A model pickled after training steps (or sent to a worker process) runs in the
+    process that loads it, with the numbers it gives where it was made: no layer keeps the
+    addresses of compiled functions, valid in one process only. Packed products and the
+    softmax's rows on the BLAS threads, where this BLAS has them, are the layers' state
+    most at risk; the plan is pinned to packed products for that."""
+    env = dict(os.environ, FASTRNN_PLAN="forward=packed,backward=packed")
+    path = str(tmp_path / "layers")
+    for mode in ("save", "load"):
+        done = subprocess.run(
+            [sys.executable, "-c", _PICKLE_SCRIPT, path, mode],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert done.returncode == 0, f"{mode}: exit {done.returncode}\n{done.stderr}"
+    with np.load(path + ".save.npz") as here, np.load(path + ".load.npz") as there:
+        for name in here.files:
+            np.testing.assert_array_equal(there[name], here[name], err_msg=name)
 
 
 # --------------------------------------------------------------------------------------
