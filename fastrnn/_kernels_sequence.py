@@ -59,11 +59,11 @@ from ._tiles import (
     DISPATCH,
     JOB_BYTES,
     JOB_FIELDS,
-    THREADS,
     WORKER,
     address_of,
     call_dispatch,
     pointer_to,
+    split_threads,
 )
 
 # --------------------------------------------------------------------------------------
@@ -306,14 +306,6 @@ def _post_softmax_jobs(pool, threads, dxs_address, lse, xs, ts, ignore_label, sc
     call_dispatch(pool[0, DISPATCH], threads, pool[0, WORKER], jobs.ctypes.data, JOB_BYTES)
 
 
-@helper
-def _softmax_threads(pool, rows):
-    """How many of ``pool``'s threads to split ``rows`` rows between (1: run here)."""
-    if pool[0, DISPATCH] == 0:
-        return 1
-    return min(pool[0, THREADS], pool.shape[0] - 1, rows)
-
-
 def softmax_worker(dtype):
     """The C callback that runs one softmax job in ``dtype`` (for
     :func:`fastrnn._tiles.new_pool`)."""
@@ -365,7 +357,7 @@ def softmax_cross_entropy_forward(lse, xs, ts, ignore_label, pool):
     count : int
         How many rows were counted.
     """
-    threads = _softmax_threads(pool, xs.shape[0])
+    threads = split_threads(pool, xs.shape[0])
     if threads <= 1:
         return _softmax_rows_forward(lse, xs, ts, ignore_label, 0, xs.shape[0])
     _post_softmax_jobs(pool, threads, 0, lse, xs, ts, ignore_label, 0.0)
@@ -398,7 +390,7 @@ def softmax_cross_entropy_backward(dxs, xs, lse, ts, ignore_label, scale, pool):
     pool : (1 + threads, JOB_FIELDS) int64 array
         As for :func:`softmax_cross_entropy_forward`.
     """
-    threads = _softmax_threads(pool, xs.shape[0])
+    threads = split_threads(pool, xs.shape[0])
     if threads <= 1:
         _softmax_rows_backward(dxs, xs, lse, ts, ignore_label, scale, 0, xs.shape[0])
     else:

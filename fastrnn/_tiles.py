@@ -69,6 +69,7 @@ __all__ = [
     "packed_product",
     "panel_count",
     "pointer_to",
+    "split_threads",
     "thread_pool",
     "tiled_gemm_nn",
     "use_threads",
@@ -422,6 +423,15 @@ def address_of(typingctx, pointer):
 
 
 @helper
+def split_threads(pool, parts):
+    """How many of ``pool``'s threads to split ``parts`` parts of a job between: 1 (run on
+    the calling thread) when the pool has no dispatch function."""
+    if pool[0, DISPATCH] == 0:
+        return 1
+    return min(pool[0, THREADS], pool.shape[0] - 1, parts)
+
+
+@helper
 def packed_product(C, A, panels, accumulate, pool):
     """``C = A @ W`` (``+=`` when ``accumulate``), ``W`` packed by :func:`pack_panels`, the
     panels split between the threads ``pool`` names (see :func:`new_pool`).
@@ -438,8 +448,8 @@ def packed_product(C, A, panels, accumulate, pool):
         number of threads to use; the other rows are scratch for the threads' jobs.
     """
     P = panels.shape[0]
-    threads = min(pool[0, THREADS], P, pool.shape[0] - 1)
-    if threads <= 1 or pool[0, DISPATCH] == 0:
+    threads = split_threads(pool, P)
+    if threads <= 1:
         _panel_range_product(C, A, panels, 0, P, accumulate)
         return
     itemsize = C.itemsize

@@ -226,9 +226,8 @@ class _ForwardViews:
     c_hist: np.ndarray | None  # (T + 1, N, H), LSTM only
     WhT: np.ndarray  # (G*H, H), or (0, H) when the forward products use Wh itself
     scratchT: np.ndarray  # (G*H or 0, N)
-    panels: (
-        np.ndarray
-    )  # (forward_panel_count(gates, H), H, 16) for packed products, else (0, H, 16)
+    # (forward_panel_count(gates, H), H, 16) for packed products, else (0, H, 16)
+    panels: np.ndarray
     routes: object  # the planner's Plan
     activations: dict  # the cell's saved activations, by name
     hs_shape: tuple  # (N, T, H)
