@@ -22,7 +22,9 @@ Conventions
   ``dxs``) are single large GEMMs outside the time loop; only ``h @ Wh`` and
   ``dA @ Wh.T`` stay inside it.
 * Every matrix product calls NumPy's own BLAS (:mod:`fastrnn._blas`), so the user's NumPy
-  products and fastrnn's share one thread pool.
+  products and fastrnn's share one thread pool. fastrnn's own parallel work (packed
+  products, an LSTM step's rows: :func:`lstm_cell_worker`) runs on that pool's threads
+  too.
 
 The helpers these kernels share with the other kernel modules (BLAS, activations) live in
 :mod:`fastrnn._blas` and :mod:`fastrnn._math`; the cache key of every kernel covers those
@@ -31,10 +33,26 @@ modules too (:mod:`fastrnn._jit`).
 
 from __future__ import annotations
 
+import numpy as np
+from numba import carray
+
 from ._blas import gemm
-from ._jit import helper, kernel
+from ._jit import callback, helper, kernel
 from ._math import fast_sigmoid, fast_tanh
-from ._tiles import PANEL, pack_panels, packed_product, panel_count
+from ._tiles import (
+    DISPATCH,
+    JOB_BYTES,
+    JOB_FIELDS,
+    PANEL,
+    WORKER,
+    address_of,
+    call_dispatch,
+    pack_panels,
+    packed_product,
+    panel_count,
+    pointer_to,
+    split_threads,
+)
 
 # --------------------------------------------------------------------------------------
 # Pieces shared by every cell type
@@ -200,7 +218,7 @@ def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, poo
     panels : (ceil(G / 16), H, 16) or (0, H, 16) array
         Out: ``Wh`` packed (``G`` its columns) when the plan packs the per-step products,
         else empty.
-    pool : (1 + threads, 12) int64 array
+    pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs_tm.shape
@@ -247,7 +265,7 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
         How the per-step ``dA_t @ Wh.T`` runs: a ``BACKPROP_*`` constant.
     panels : (ceil(H / 16), G, 16) or (0, G, 16) array
         Out: ``Wh.T`` packed when the plan packs the per-step products, else empty.
-    pool : (1 + threads, 12) int64 array
+    pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs.shape
@@ -275,10 +293,162 @@ def rnn_backward(dxs, dWx, dWh, db, dh, dhT, dA, dhs, h_hist, xs, Wx, Wh, WhT, r
 # --------------------------------------------------------------------------------------
 
 
+@helper
+def _lstm_forward_rows(hs, gates, c_hist, tanh_c, h_hist, b, t, first, stop):
+    """Batch rows ``first .. stop - 1`` of step ``t``'s element-wise forward: activate the
+    gates (``gates[t]`` holds their pre-activations without the bias), then the new cell
+    state, ``tanh(c)`` and ``h``, also written to ``hs[:, t]``. Arrays as in
+    :func:`lstm_forward`."""
+    H = h_hist.shape[2]
+    b_f, b_g, b_io = b[:H], b[H : 2 * H], b[2 * H :]
+    for n in range(first, stop):
+        a = gates[t, n]
+        f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+        io = a[2 * H :]
+        for j in range(H):
+            f[j] = fast_sigmoid(f[j] + b_f[j])
+        for j in range(H):
+            g[j] = fast_tanh(g[j] + b_g[j])
+        for j in range(2 * H):
+            io[j] = fast_sigmoid(io[j] + b_io[j])
+        c_prev, c = c_hist[t, n], c_hist[t + 1, n]
+        tc = tanh_c[t, n]
+        h = h_hist[t + 1, n]
+        for j in range(H):
+            c[j] = f[j] * c_prev[j] + g[j] * i[j]
+        for j in range(H):
+            tc[j] = fast_tanh(c[j])
+        for j in range(H):
+            h[j] = o[j] * tc[j]
+        out = hs[n, t]
+        for j in range(H):
+            out[j] = h[j]
+
+
+@helper
+def _lstm_backward_rows(dA, dh, dc, dhs, gates, c_hist, tanh_c, t, first, stop):
+    """Batch rows ``first .. stop - 1`` of step ``t``'s element-wise backward: ``dA[t]``
+    from the gradients arriving at ``h_t`` (``dh + dhs[:, t]``) and ``c_t`` (``dc``), and
+    ``dc`` updated in place to the gradient of ``c_{t-1}``. Arrays as in
+    :func:`lstm_backward`."""
+    H = dh.shape[1]
+    one = dA.dtype.type(1.0)
+    for n in range(first, stop):
+        a = gates[t, n]
+        f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+        d = dA[t, n]
+        df, dg, di, do = d[:H], d[H : 2 * H], d[2 * H : 3 * H], d[3 * H :]
+        ds = dc[n]  # dc_next on entry; ds, then dc_prev, in place
+        tc = tanh_c[t, n]
+        c_prev = c_hist[t, n]
+        # dh[n] arrives from step t + 1; adding dhs makes it the total gradient of h_t.
+        # The product after the rows overwrites it with the gradient of h_{t-1}.
+        dh_next, dhs_n = dh[n], dhs[n, t]
+        for j in range(H):
+            dh_next[j] += dhs_n[j]
+        for j in range(H):
+            ds[j] += dh_next[j] * o[j] * (one - tc[j] * tc[j])
+        for j in range(H):
+            do[j] = dh_next[j] * tc[j] * o[j] * (one - o[j])
+        for j in range(H):
+            df[j] = ds[j] * c_prev[j] * f[j] * (one - f[j])
+        for j in range(H):
+            dg[j] = ds[j] * i[j] * (one - g[j] * g[j])
+        for j in range(H):
+            di[j] = ds[j] * g[j] * i[j] * (one - i[j])
+        for j in range(H):
+            ds[j] *= f[j]
+
+
+# An LSTM cell job: one thread's batch rows of one step, forward or backward (_DA = 0 for
+# forward). The arrays travel as addresses; their shapes follow from _STEPS, _ROWS, _UNITS.
+(
+    _HS, _GATES, _C_HIST, _TANH_C, _H_HIST, _BIAS, _DA, _DH, _DC, _DHS,
+    _STEPS, _ROWS, _UNITS, _STEP, _FIRST, _STOP,
+) = range(16)  # fmt: skip
+
+
+@helper
+def _lstm_job_shapes(jobs, threads, t, gates, c_hist, tanh_c):
+    """Fill what forward and backward jobs share, and split the batch rows between
+    ``threads`` jobs."""
+    T, N, G = gates.shape
+    for k in range(threads):
+        job = jobs[k]
+        job[_GATES] = gates.ctypes.data
+        job[_C_HIST] = c_hist.ctypes.data
+        job[_TANH_C] = tanh_c.ctypes.data
+        job[_STEPS] = T
+        job[_ROWS] = N
+        job[_UNITS] = G // 4
+        job[_STEP] = t
+        job[_FIRST] = k * N // threads
+        job[_STOP] = (k + 1) * N // threads
+
+
+@helper
+def _post_lstm_forward_jobs(pool, threads, t, hs, gates, c_hist, tanh_c, h_hist, b):
+    """:func:`_lstm_forward_rows` of step ``t``, its batch rows split between ``threads``
+    of ``pool``'s threads (:func:`lstm_cell_worker`)."""
+    jobs = pool[1 : 1 + threads]
+    _lstm_job_shapes(jobs, threads, t, gates, c_hist, tanh_c)
+    for k in range(threads):
+        job = jobs[k]
+        job[_HS] = hs.ctypes.data
+        job[_H_HIST] = h_hist.ctypes.data
+        job[_BIAS] = b.ctypes.data
+        job[_DA] = 0
+    call_dispatch(pool[0, DISPATCH], threads, pool[0, WORKER], jobs.ctypes.data, JOB_BYTES)
+
+
+@helper
+def _post_lstm_backward_jobs(pool, threads, t, dA, dh, dc, dhs, gates, c_hist, tanh_c):
+    """:func:`_lstm_backward_rows` of step ``t``, its batch rows split between ``threads``
+    of ``pool``'s threads (:func:`lstm_cell_worker`)."""
+    jobs = pool[1 : 1 + threads]
+    _lstm_job_shapes(jobs, threads, t, gates, c_hist, tanh_c)
+    for k in range(threads):
+        job = jobs[k]
+        job[_DA] = dA.ctypes.data
+        job[_DH] = dh.ctypes.data
+        job[_DC] = dc.ctypes.data
+        job[_DHS] = dhs.ctypes.data
+    call_dispatch(pool[0, DISPATCH], threads, pool[0, WORKER], jobs.ctypes.data, JOB_BYTES)
+
+
+def lstm_cell_worker(dtype):
+    """The C callback that runs one LSTM cell job in ``dtype`` (for
+    :func:`fastrnn._tiles.new_pool`): the same row helpers as the kernels' own loop, on the
+    same C-contiguous array types, so a split step gives the same bits as an unsplit one."""
+    zero = dtype.type(0)
+
+    def worker(address):
+        job = carray(pointer_to(address_of(address), np.int64(0)), (JOB_FIELDS,))
+        T, N, H = job[_STEPS], job[_ROWS], job[_UNITS]
+        t, first, stop = job[_STEP], job[_FIRST], job[_STOP]
+        gates = carray(pointer_to(job[_GATES], zero), (T, N, 4 * H))
+        c_hist = carray(pointer_to(job[_C_HIST], zero), (T + 1, N, H))
+        tanh_c = carray(pointer_to(job[_TANH_C], zero), (T, N, H))
+        if job[_DA] == 0:
+            hs = carray(pointer_to(job[_HS], zero), (N, T, H))
+            h_hist = carray(pointer_to(job[_H_HIST], zero), (T + 1, N, H))
+            b = carray(pointer_to(job[_BIAS], zero), (4 * H,))
+            _lstm_forward_rows(hs, gates, c_hist, tanh_c, h_hist, b, t, first, stop)
+        else:
+            dA = carray(pointer_to(job[_DA], zero), (T, N, 4 * H))
+            dh = carray(pointer_to(job[_DH], zero), (N, H))
+            dc = carray(pointer_to(job[_DC], zero), (N, H))
+            dhs = carray(pointer_to(job[_DHS], zero), (N, T, H))
+            _lstm_backward_rows(dA, dh, dc, dhs, gates, c_hist, tanh_c, t, first, stop)
+
+    return callback(worker)
+
+
 @kernel
 def lstm_forward(
-    hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0, Wx, Wh, b, WhT, panels, pool
-):
+    hs, gates, c_hist, tanh_c, h_hist, scratchT, xs_tm, xs, h0, c0, Wx, Wh, b, WhT, panels, pool,
+    cell_pool,
+):  # fmt: skip
     """Run an LSTM over a sequence.
 
     Parameters
@@ -308,12 +478,14 @@ def lstm_forward(
     panels : (ceil(G / 16), H, 16) or (0, H, 16) array
         Out: ``Wh`` packed (``G`` its columns) when the plan packs the per-step products,
         else empty.
-    pool : (1 + threads, 12) int64 array
+    pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
+    cell_pool : (1 + threads, JOB_FIELDS) int64 array
+        The threads that split each step's element-wise work by batch rows
+        (:func:`lstm_cell_worker`); ``fastrnn._tiles.UNUSED_POOL`` runs it here.
     """
     T, N, D = xs_tm.shape
     H = Wh.shape[0]
-    b_f, b_g, b_io = b[:H], b[H : 2 * H], b[2 * H :]
     _load_sequence(xs_tm, xs)
     _load_state(h_hist[0], h0)
     _load_state(c_hist[0], c0)
@@ -322,34 +494,17 @@ def lstm_forward(
     gemm(gates.reshape((T * N, 4 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
     for t in range(T):
         _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT, panels, pool)
-        for n in range(N):
-            a = gates[t, n]
-            f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
-            io = a[2 * H :]
-            for j in range(H):
-                f[j] = fast_sigmoid(f[j] + b_f[j])
-            for j in range(H):
-                g[j] = fast_tanh(g[j] + b_g[j])
-            for j in range(2 * H):
-                io[j] = fast_sigmoid(io[j] + b_io[j])
-            c_prev, c = c_hist[t, n], c_hist[t + 1, n]
-            tc = tanh_c[t, n]
-            h = h_hist[t + 1, n]
-            for j in range(H):
-                c[j] = f[j] * c_prev[j] + g[j] * i[j]
-            for j in range(H):
-                tc[j] = fast_tanh(c[j])
-            for j in range(H):
-                h[j] = o[j] * tc[j]
-            out = hs[n, t]
-            for j in range(H):
-                out[j] = h[j]
+        threads = split_threads(cell_pool, N)
+        if threads <= 1:
+            _lstm_forward_rows(hs, gates, c_hist, tanh_c, h_hist, b, t, 0, N)
+        else:
+            _post_lstm_forward_jobs(cell_pool, threads, t, hs, gates, c_hist, tanh_c, h_hist, b)
 
 
 @kernel
 def lstm_backward(
     dxs, dWx, dWh, db, dh, dc, dhT, dA, dhs, gates, c_hist, tanh_c, h_hist, xs, Wx, Wh, WhT,
-    route, panels, pool,
+    route, panels, pool, cell_pool,
 ):  # fmt: skip
     """Backpropagate through an LSTM sequence.
 
@@ -376,40 +531,21 @@ def lstm_backward(
         How the per-step ``dA_t @ Wh.T`` runs: a ``BACKPROP_*`` constant.
     panels : (ceil(H / 16), G, 16) or (0, G, 16) array
         Out: ``Wh.T`` packed when the plan packs the per-step products, else empty.
-    pool : (1 + threads, 12) int64 array
+    pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
+    cell_pool : (1 + threads, JOB_FIELDS) int64 array
+        As for :func:`lstm_forward`.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
-    one = dA.dtype.type(1.0)
     if panels.shape[0] != 0:
         pack_panels(panels, Wh, True)
     for t in range(T - 1, -1, -1):
-        for n in range(N):
-            a = gates[t, n]
-            f, g, i, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
-            d = dA[t, n]
-            df, dg, di, do = d[:H], d[H : 2 * H], d[2 * H : 3 * H], d[3 * H :]
-            ds = dc[n]  # dc_next on entry; ds, then dc_prev, in place
-            tc = tanh_c[t, n]
-            c_prev = c_hist[t, n]
-            # dh[n] arrives from step t + 1; adding dhs makes it the total gradient of h_t.
-            # The product after the loop overwrites it with the gradient of h_{t-1}.
-            dh_next, dhs_n = dh[n], dhs[n, t]
-            for j in range(H):
-                dh_next[j] += dhs_n[j]
-            for j in range(H):
-                ds[j] += dh_next[j] * o[j] * (one - tc[j] * tc[j])
-            for j in range(H):
-                do[j] = dh_next[j] * tc[j] * o[j] * (one - o[j])
-            for j in range(H):
-                df[j] = ds[j] * c_prev[j] * f[j] * (one - f[j])
-            for j in range(H):
-                dg[j] = ds[j] * i[j] * (one - g[j] * g[j])
-            for j in range(H):
-                di[j] = ds[j] * g[j] * i[j] * (one - i[j])
-            for j in range(H):
-                ds[j] *= f[j]
+        threads = split_threads(cell_pool, N)
+        if threads <= 1:
+            _lstm_backward_rows(dA, dh, dc, dhs, gates, c_hist, tanh_c, t, 0, N)
+        else:
+            _post_lstm_backward_jobs(cell_pool, threads, t, dA, dh, dc, dhs, gates, c_hist, tanh_c)
         _backprop_to_state(dh, dhT, dA[t], Wh, WhT, False, route, panels, pool)
     rows = T * N
     _input_side_grads(
@@ -495,7 +631,7 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
         Out: when the plan packs the per-step products, ``Wh[:, :2H]`` packed into the
         first ``ceil(2H / 16)`` panels and ``Wh[:, 2H:]`` into the others (the two products
         of a step); else empty.
-    pool : (1 + threads, 12) int64 array
+    pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs_tm.shape
@@ -572,7 +708,7 @@ def gru_backward(
         Out: when the plan packs the per-step products, ``Wh[:, :2H].T`` and ``Wh[:, 2H:].T``
         packed, one after the other in its memory (panels of depth 2H, then of depth H);
         else empty.
-    pool : (1 + threads, 12) int64 array
+    pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
     """
     T, N, D = xs.shape

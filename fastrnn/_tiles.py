@@ -25,8 +25,9 @@ runs ``function(args + i * stride)`` for ``i < n``, the first on the calling thr
 others on its workers, and returns when all are done. The layer passes the number of
 threads the BLAS currently uses (so ``threadpoolctl`` limits and ``OPENBLAS_NUM_THREADS``
 hold); with one thread, or another BLAS library, the panels run on the calling thread.
-The same pools run other jobs that split well by rows (the softmax cross-entropy of
-:mod:`fastrnn._kernels_sequence`): :func:`new_pool` takes the worker that runs them.
+The same pools run other jobs that split well by rows (an LSTM step's element-wise work in
+:mod:`fastrnn._kernels`, the softmax cross-entropy of :mod:`fastrnn._kernels_sequence`):
+:func:`new_pool` takes the worker that runs them.
 
 Measured on a 2-core AMD EPYC (Zen 3, AVX2; OpenBLAS 0.3.31, Haswell kernels), repeated in
 a compiled loop: ``(20, 650) @ (650, 2600)`` at 130-145 GFLOP/s against OpenBLAS's 55-80,
@@ -80,7 +81,7 @@ __all__ = [
 PANEL = 16
 
 #: The int64 fields of one thread's job in a pool (see :func:`new_pool`), and its size.
-JOB_FIELDS = 12
+JOB_FIELDS = 16
 JOB_BYTES = JOB_FIELDS * 8
 # a packed product's job fields
 _C, _A, _PANELS, _ROWS, _DEPTH, _LDC, _LDA, _COLUMNS, _FIRST, _STOP, _ACCUMULATE = range(11)

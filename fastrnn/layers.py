@@ -41,6 +41,11 @@ from ._workspace import Workspace, fits_kernels, kernel_ready
 
 __all__ = ["RNN", "LSTM", "GRU", "TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM"]
 
+#: Gate values of one step per thread, above which an LSTM step's element-wise work (about
+#: a nanosecond per gate value) is split by batch rows between the BLAS library's threads:
+#: from twice this many, a thread's share outweighs handing it over.
+CELL_VALUES_PER_THREAD = 1 << 11
+
 
 # --------------------------------------------------------------------------------------
 # Recurrences: one per cell type. They own the workspaces and the saved activations, and
@@ -278,6 +283,19 @@ class _RNNRecurrence(_Recurrence):
         )
 
 
+def _cell_pool(dtype, rows, gate_values):
+    """The threads to split a step's ``rows`` batch rows of ``gate_values`` gate values
+    between: the calling thread's pool for :func:`fastrnn._kernels.lstm_cell_worker`, set
+    to as many threads as the BLAS uses and the work fills, or ``UNUSED_POOL`` to stay on
+    the calling thread."""
+    threads = min(rows, gate_values // CELL_VALUES_PER_THREAD)
+    if threads <= 1:
+        return tiles.UNUSED_POOL
+    pool = tiles.thread_pool(dtype, kernels.lstm_cell_worker)
+    pool[0, tiles.THREADS] = min(threads, pool[0, tiles.THREADS])
+    return pool
+
+
 class _LSTMRecurrence(_Recurrence):
     gates = 4
     has_cell_state = True
@@ -285,9 +303,10 @@ class _LSTMRecurrence(_Recurrence):
 
     def _run_forward(self, hs, views, pool, xs, h0, c0, Wx, Wh, b):
         act = views.activations
+        gates = act["gates"]
         kernels.lstm_forward(
             hs,
-            act["gates"],
+            gates,
             views.c_hist,
             act["tanh_c"],
             views.h_hist,
@@ -302,11 +321,13 @@ class _LSTMRecurrence(_Recurrence):
             views.WhT,
             views.panels,
             pool,
+            _cell_pool(Wx.dtype, gates.shape[1], gates.shape[1] * gates.shape[2]),
         )
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
         act = saved["activations"]
-        dA = self.ws.take("dA", act["gates"].shape, dh.dtype)
+        gates = act["gates"]
+        dA = self.ws.take("dA", gates.shape, dh.dtype)
         kernels.lstm_backward(
             dxs_tm,
             *grads,
@@ -315,7 +336,7 @@ class _LSTMRecurrence(_Recurrence):
             dhT,
             dA,
             dhs,
-            act["gates"],
+            gates,
             saved["c_hist"],
             act["tanh_c"],
             saved["h_hist"],
@@ -326,6 +347,7 @@ class _LSTMRecurrence(_Recurrence):
             route,
             panels,
             pool,
+            _cell_pool(dh.dtype, gates.shape[1], gates.shape[1] * gates.shape[2]),
         )
 
 

@@ -17,7 +17,9 @@ import pytest
 from _support import DTYPES, FAMILY, GATES, assert_close, make_params
 
 import fastrnn
+from fastrnn import _kernels as kernels_module
 from fastrnn import _planner
+from fastrnn import layers as layers_module
 from fastrnn import reference as ref
 
 #: name -> (fast class, reference class, gate family, number of parameter sets)
@@ -783,3 +785,98 @@ def test_every_route_matches_reference(rng, name, dtype, shape_id, pinned_routes
     routes = _planner.plans()[(GATES[FAMILY[name]], N, T, H, np.dtype(dtype).str)]
     assert routes.source == "pinned"
     assert pinned_routes == f"forward={routes.forward},backward={routes.backward}"
+
+
+# --------------------------------------------------------------------------------------
+# LSTM steps split between the BLAS library's threads
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["calling-thread", "blas-threads"])
+def cell_threads(request, monkeypatch):
+    """Where an LSTM step's element-wise work runs: on the calling thread, or
+    (``blas-threads``) split by batch rows between the BLAS library's threads however
+    small the step, which with one BLAS thread, or a BLAS without a thread dispatch, is
+    the calling thread too."""
+    limit = 1 if request.param == "blas-threads" else 2**62
+    monkeypatch.setattr(layers_module, "CELL_VALUES_PER_THREAD", limit)
+    return request.param
+
+
+def _lstm_run(layer, xs_list, dhs_list):
+    """Copies of everything a stateful chain of forward/backward calls produces."""
+    record = []
+    for xs, dhs in zip(xs_list, dhs_list, strict=True):
+        record.append(layer.forward(xs).copy())
+        record.append(layer.backward(dhs).copy())
+        record += [g.copy() for g in layer.grads]
+        for d in directions(layer):
+            record += [d.h.copy(), d.c.copy(), d.dh.copy()]
+    return record
+
+
+@pytest.mark.parametrize(
+    "shape_id", ["N1", "T1", "H1", "N7-T9-D5-H11", "N25-T3-D4-H6", "N3-T8-D4-H512"]
+)
+@dtypes
+@pytest.mark.parametrize("name", ["TimeLSTM", "TimeBiLSTM"])
+def test_lstm_split_steps_match_reference(rng, name, dtype, shape_id, cell_threads):
+    """Split by batch rows or not, a stateful chain of LSTM calls gives the reference's
+    numbers, and exactly the bits of the calling thread alone."""
+    N, T, D, H = SHAPES[shape_id]
+    fast, reference, params, _ = make_pair(rng, name, D, H, dtype, stateful=True)
+    xs_list = [randn(rng, (N, T, D), dtype) for _ in range(3)]
+    dhs_list = [randn(rng, (N, T, out_width(name, H)), dtype) for _ in range(3)]
+    for call, (xs, dhs) in enumerate(zip(xs_list, dhs_list, strict=True)):
+        run_both(fast, reference, xs, dhs, dtype, label=f"call {call}: ")
+    if cell_threads == "blas-threads":
+        alone = TIME_LAYERS[name][0](*[p.copy() for p in params], stateful=True)
+        split = TIME_LAYERS[name][0](*[p.copy() for p in params], stateful=True)
+        split_record = _lstm_run(split, xs_list, dhs_list)
+        layers_module.CELL_VALUES_PER_THREAD = 2**62  # restored by the fixture
+        alone_record = _lstm_run(alone, xs_list, dhs_list)
+        for i, (a, b) in enumerate(zip(split_record, alone_record, strict=True)):
+            np.testing.assert_array_equal(a, b, err_msg=f"output {i}")
+
+
+@dtypes
+def test_lstm_cell_split_step_matches_reference(rng, dtype, cell_threads):
+    """The single-step LSTM cell splits its rows like the time layer."""
+    N, D, H = 9, 5, 13
+    fast, reference, _ = make_cells(rng, "LSTM", D, H, dtype)
+    args = [randn(rng, (N, width), dtype) for width in (D, H, H, H, H)]  # x, h, c, dh, dc
+    compare_cells(fast, reference, "LSTM", args, args, dtype)
+
+
+@dtypes
+def test_lstm_steps_split_between_blas_threads_above_the_limit(rng, dtype, monkeypatch):
+    """From ``2 * CELL_VALUES_PER_THREAD`` gate values per step (and two batch rows), both
+    kernels hand each step's rows to the BLAS library's threads; below, and with one BLAS
+    thread, they stay on the calling thread."""
+    from threadpoolctl import threadpool_limits
+
+    from fastrnn._blas import BINDING, blas_threads
+    from fastrnn._tiles import DISPATCH, THREADS
+
+    threads_used = []
+    for kernel_name in ("lstm_forward", "lstm_backward"):
+        kernel = getattr(kernels_module, kernel_name)
+
+        def spy(*args, kernel=kernel):
+            cell_pool = args[-1]
+            threads_used.append(int(cell_pool[0, THREADS]) if cell_pool[0, DISPATCH] else 1)
+            return kernel(*args)
+
+        monkeypatch.setattr(kernels_module, kernel_name, spy)
+    D, H = 3, 8  # 32 gate values per batch row
+    limit = layers_module.CELL_VALUES_PER_THREAD
+    big_N = 2 * limit // (4 * H)
+    for N in (big_N - 1, big_N, 1):
+        layer = fastrnn.TimeLSTM(*make_params(rng, "LSTM", D, H, dtype))
+        layer.forward(randn(rng, (N, 2, D), dtype))
+        layer.backward(randn(rng, (N, 2, H), dtype))
+    with threadpool_limits(1, user_api="blas"):
+        layer.forward(randn(rng, (big_N, 2, D), dtype))
+        layer.backward(randn(rng, (big_N, 2, H), dtype))
+    split = min(blas_threads(), 2) if BINDING.thread_dispatch else 1
+    assert threads_used == [1, 1, split, split, 1, 1, 1, 1]

@@ -242,6 +242,23 @@ def test_one_core_still_finishes_and_is_right():
         np.testing.assert_allclose(loss, book.forward(xs, ts), rtol=1e-5)
         np.testing.assert_allclose(dxs, book.backward(), rtol=1e-4, atol=1e-9)
         print("softmax threads", used)
+
+        # an LSTM's steps split by batch rows on the same workers
+        import fastrnn
+        from fastrnn import layers
+        layers.CELL_VALUES_PER_THREAD = 1
+        Wx, Wh = rng.standard_normal((2, 8, 32)).astype(np.float32) * 0.5
+        b = rng.standard_normal(32).astype(np.float32)
+        xs = rng.standard_normal((6, 5, 8)).astype(np.float32)
+        dhs = rng.standard_normal((6, 5, 8)).astype(np.float32)
+        fast, book = fastrnn.TimeLSTM(Wx, Wh, b), reference.TimeLSTM(Wx, Wh, b)
+        with threadpool_limits(2, user_api="blas"):
+            hs = fast.forward(xs)
+            dxs = fast.backward(dhs)
+            used = layers._cell_pool(np.dtype(np.float32), 6, 32)[0, 2]
+        np.testing.assert_allclose(hs, book.forward(xs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dxs, book.backward(dhs), rtol=1e-4, atol=1e-6)
+        print("lstm threads", used)
         """
     )
     done = subprocess.run(
@@ -250,3 +267,4 @@ def test_one_core_still_finishes_and_is_right():
     assert done.returncode == 0, done.stderr
     assert "threads" in done.stdout
     assert "softmax threads" in done.stdout
+    assert "lstm threads" in done.stdout
