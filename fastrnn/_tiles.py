@@ -70,6 +70,7 @@ __all__ = [
     "packed_product",
     "panel_count",
     "pointer_to",
+    "row_pool",
     "split_threads",
     "thread_pool",
     "tiled_gemm_nn",
@@ -553,3 +554,16 @@ def thread_pool(dtype, make_worker=_job_worker) -> np.ndarray:
     if pool is None:
         pool = pools[key] = new_pool(dtype, make_worker)
     return use_threads(pool)
+
+
+def row_pool(dtype, make_worker, rows: int, work: int, work_per_thread: int) -> np.ndarray:
+    """The pool to split ``rows`` rows holding ``work`` units of work between: the calling
+    thread's pool for ``make_worker`` (:func:`thread_pool`), set to as many threads as the
+    BLAS uses and the work fills at ``work_per_thread`` each, or :data:`UNUSED_POOL` (the
+    calling thread) when that is one thread or fewer."""
+    threads = min(rows, work // work_per_thread)
+    if threads <= 1:
+        return UNUSED_POOL
+    pool = thread_pool(dtype, make_worker)
+    pool[0, THREADS] = min(threads, pool[0, THREADS])
+    return pool

@@ -288,12 +288,9 @@ def _cell_pool(dtype, rows, gate_values):
     between: the calling thread's pool for :func:`fastrnn._kernels.lstm_cell_worker`, set
     to as many threads as the BLAS uses and the work fills, or ``UNUSED_POOL`` to stay on
     the calling thread."""
-    threads = min(rows, gate_values // CELL_VALUES_PER_THREAD)
-    if threads <= 1:
-        return tiles.UNUSED_POOL
-    pool = tiles.thread_pool(dtype, kernels.lstm_cell_worker)
-    pool[0, tiles.THREADS] = min(threads, pool[0, tiles.THREADS])
-    return pool
+    return tiles.row_pool(
+        dtype, kernels.lstm_cell_worker, rows, gate_values, CELL_VALUES_PER_THREAD
+    )
 
 
 class _LSTMRecurrence(_Recurrence):

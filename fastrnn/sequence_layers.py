@@ -366,12 +366,9 @@ class TimeSoftmaxWithLoss:
         """The threads to split ``rows`` rows of ``V`` scores between: the calling thread's
         pool in ``dtype`` (:func:`fastrnn._tiles.thread_pool`), set to as many threads as
         the BLAS uses and the work fills, or ``UNUSED_POOL`` to run on the calling thread."""
-        threads = min(rows, rows * V // SOFTMAX_SCORES_PER_THREAD)
-        if threads <= 1:
-            return tiles.UNUSED_POOL
-        pool = tiles.thread_pool(dtype, kernels.softmax_worker)
-        pool[0, tiles.THREADS] = min(threads, pool[0, tiles.THREADS])
-        return pool
+        return tiles.row_pool(
+            dtype, kernels.softmax_worker, rows, rows * V, SOFTMAX_SCORES_PER_THREAD
+        )
 
     def _target_ids(self, ts, shape, ignore_label):
         """Check ``ts`` against scores of ``shape`` (N, T, V); return (N*T,) int64 ids."""
