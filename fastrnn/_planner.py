@@ -18,7 +18,7 @@ are timed on this machine, and the fastest is kept for the rest of the process:
 A route that needs a copy of ``Wh.T`` or the panels pays for it once per call, so the
 choice for a sequence of ``T`` steps weighs ``T`` products against one copy. A GRU step
 makes two products, with ``Wh[:, :2H]`` and with ``Wh[:, 2H:]``, and is timed so. Timing a
-combination costs a few milliseconds once (each candidate repeated for about 0.2 ms, three
+combination costs a few tens of milliseconds once (each candidate repeated for about 1 ms, five
 interleaved rounds, the fastest round kept, which is robust to a moment of load from
 elsewhere).
 
@@ -151,9 +151,12 @@ def static_plan(gates: int, N: int, T: int, H: int) -> Plan:
 # Measurement
 # --------------------------------------------------------------------------------------
 
-#: Seconds each candidate's timed round should last, and rounds per candidate.
-_ROUND_SECONDS = 2e-4
-_ROUNDS = 3
+#: Seconds each candidate's timed round should last, and rounds per candidate. Three rounds
+#: of one 0.5 ms product were too few at 20x650 (BetterRnnlm; AMD EPYC Zen 4): in 4 of 7
+#: profiling processes the planner picked the ``scratch`` backward route, whose products
+#: then took 18.8 ms per call against 13.9 packed; 1 of 8 with these settings.
+_ROUND_SECONDS = 1e-3
+_ROUNDS = 5
 
 
 @dataclass(frozen=True)
