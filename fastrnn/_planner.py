@@ -152,9 +152,9 @@ def static_plan(gates: int, N: int, T: int, H: int) -> Plan:
 # --------------------------------------------------------------------------------------
 
 #: Seconds each candidate's timed round should last, and rounds per candidate. Three rounds
-#: of one 0.5 ms product were too few at 20x650 (BetterRnnlm; AMD EPYC Zen 4): in 4 of 7
-#: profiling processes the planner picked the ``scratch`` backward route, whose products
-#: then took 18.8 ms per call against 13.9 packed; 1 of 8 with these settings.
+#: of one 0.5 ms product were too few at 20x650 (BetterRnnlm; AMD EPYC Zen 4): in 5 of 9
+#: profiling processes the planner picked an unpacked backward route, whose products then
+#: took 18.8-25 ms per call against 11.2-13.9 packed; 1 of 8 with these settings.
 _ROUND_SECONDS = 1e-3
 _ROUNDS = 5
 
