@@ -20,7 +20,10 @@ What each layer costs, and why it is written this way
   nor its gradient is ever copied: BLAS reads either orientation, and ``dW`` is written
   straight into the layer's gradient, transposed when that is its layout. The forward
   fills the output with ``b`` and lets the GEMM accumulate: OpenBLAS zeroes C before a
-  ``beta = 0`` product anyway, so the bias costs no extra pass.
+  ``beta = 0`` product anyway, so the bias costs no extra pass. Large outputs split the
+  fill between the BLAS library's threads (:func:`bias_worker`), as OpenBLAS splits its
+  zeroing: on 2 cores (AMD EPYC Zen 4), filling (700, 10000) float32 took 1.5 ms on the
+  calling thread, about twice OpenBLAS's zeroing.
 * Softmax cross-entropy: per row a maximum, a sum of ``exp``, and one ``log``; only the
   row's log-sum-exp is kept. The backward recomputes ``softmax = exp(x - lse)`` and writes
   the gradient in one pass, instead of keeping (and copying) an (R, V) softmax. Large
@@ -182,8 +185,34 @@ def embedding_backward(dW, dout, ids):
 # --------------------------------------------------------------------------------------
 
 
+# A bias job: one thread's rows of the output to fill with the bias.
+_OUT, _BIAS, _OUT_ROWS, _OUT_COLUMNS, _OUT_FIRST, _OUT_STOP = range(6)
+
+
+@helper
+def _fill_with_row(out, row, first, stop):
+    """``out[first:stop] = row``."""
+    for r in range(first, stop):
+        _copy_row(out[r], row)
+
+
+def bias_worker(dtype):
+    """The C callback that runs one bias job in ``dtype`` (for
+    :func:`fastrnn._tiles.new_pool`)."""
+    zero = dtype.type(0)
+
+    def worker(address):
+        job = carray(pointer_to(address_of(address), np.int64(0)), (JOB_FIELDS,))
+        R, M = job[_OUT_ROWS], job[_OUT_COLUMNS]
+        out = carray(pointer_to(job[_OUT], zero), (R, M))
+        b = carray(pointer_to(job[_BIAS], zero), (M,))
+        _fill_with_row(out, b, job[_OUT_FIRST], job[_OUT_STOP])
+
+    return callback(worker)
+
+
 @kernel
-def affine_forward(out, x, W, b, transposed):
+def affine_forward(out, x, W, b, transposed, pool):
     """``out = x @ W + b`` at every step, as one product over the ``N * T`` rows.
 
     Parameters
@@ -195,12 +224,30 @@ def affine_forward(out, x, W, b, transposed):
     b : (M,) array
     transposed : bool
         Whether ``W`` is given as its transpose (a C-contiguous ``W.T``).
+    pool : (1 + threads, JOB_FIELDS) int64 array
+        The threads to split the bias fill between (:func:`fastrnn._tiles.new_pool` with
+        :func:`bias_worker`; ``fastrnn._tiles.UNUSED_POOL`` fills on the calling thread).
     """
     N, T, M = out.shape
-    rows_out = out.reshape((N * T, M))
-    for r in range(N * T):
-        _copy_row(rows_out[r], b)
-    gemm(rows_out, x.reshape((N * T, x.shape[2])), W, False, transposed, True)
+    R = N * T
+    rows_out = out.reshape((R, M))
+    threads = split_threads(pool, R)
+    if threads <= 1:
+        _fill_with_row(rows_out, b, 0, R)
+    else:
+        # The fill is a pass over memory, like OpenBLAS's own zeroing of C before a
+        # beta = 0 product, and as that one, it runs on the BLAS library's threads.
+        jobs = pool[1 : 1 + threads]
+        for i in range(threads):
+            job = jobs[i]
+            job[_OUT] = rows_out.ctypes.data
+            job[_BIAS] = b.ctypes.data
+            job[_OUT_ROWS] = R
+            job[_OUT_COLUMNS] = M
+            job[_OUT_FIRST] = i * R // threads
+            job[_OUT_STOP] = (i + 1) * R // threads
+        call_dispatch(pool[0, DISPATCH], threads, pool[0, WORKER], jobs.ctypes.data, JOB_BYTES)
+    gemm(rows_out, x.reshape((R, x.shape[2])), W, False, transposed, True)
 
 
 @kernel

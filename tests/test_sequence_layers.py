@@ -312,10 +312,22 @@ def run_affine(fast, reference, x, dout, dtype):
     return out, dx
 
 
+@pytest.fixture(params=["calling-thread", "blas-threads"])
+def bias_threads(request, monkeypatch):
+    """Where the affine forward fills its output with the bias: on the calling thread, or
+    (``blas-threads``) split between the BLAS library's threads however few its rows
+    (the calling thread too where the BLAS has one thread or no thread dispatch)."""
+    if request.param == "blas-threads":
+        monkeypatch.setattr(seq, "BIAS_VALUES_PER_THREAD", 1)
+    else:
+        monkeypatch.setattr(seq, "BIAS_VALUES_PER_THREAD", 2**62)
+    return request.param
+
+
 @pytest.mark.parametrize("tied", [False, True], ids=["W", "E.T"])
 @pytest.mark.parametrize("shape", AFFINE_SHAPES.values(), ids=AFFINE_SHAPES.keys())
 @dtypes
-def test_affine_matches_reference(rng, dtype, shape, tied):
+def test_affine_matches_reference(rng, dtype, shape, tied, bias_threads):
     """out, dx, dW, db match; W as given or as a transposed view; params not written."""
     N, T, D, M = shape
     W, b = make_affine(rng, D, M, dtype, tied)
@@ -442,6 +454,32 @@ def test_affine_empty_batch_or_sequence(rng, dtype, shape):
     dx = layer.backward(randn(rng, (*shape, M), dtype))
     assert dx.shape == (*shape, D) and dx.dtype == dtype
     assert not layer.grads[0].any() and not layer.grads[1].any()
+
+
+@dtypes
+def test_affine_splits_large_bias_fills_between_blas_threads(rng, dtype, monkeypatch):
+    """Above :data:`BIAS_VALUES_PER_THREAD` output values per thread the bias fill is
+    split between the BLAS library's threads: the output bit for bit as with the fill on
+    the calling thread (the same product after it)."""
+    N, T, D = 3, 5, 4
+    M = 2 * seq.BIAS_VALUES_PER_THREAD // (N * T) + 1
+    W, b = make_affine(rng, D, M, dtype, tied=True)
+    x = randn(rng, (N, T, D), dtype)
+    threads_used = []
+
+    def spy(*args, kernel=kernels_module.affine_forward):
+        pool = args[-1]
+        threads_used.append(int(pool[0, THREADS]) if pool[0, DISPATCH] else 1)
+        return kernel(*args)
+
+    monkeypatch.setattr(kernels_module, "affine_forward", spy)
+    out = seq.TimeAffine(W, b).forward(x)
+    monkeypatch.setattr(seq, "BIAS_VALUES_PER_THREAD", 2**62)
+    out_alone = seq.TimeAffine(W, b).forward(x)
+    split_threads = min(blas_threads(), 2) if BINDING.thread_dispatch else 1
+    assert threads_used == [split_threads, 1]
+    np.testing.assert_array_equal(out, out_alone)
+    assert_close(out, ref.TimeAffine(W, b).forward(x), dtype)
 
 
 @dtypes
@@ -1664,8 +1702,10 @@ def test_separate_layers_in_threads_give_the_serial_results(monkeypatch):
     """Kernels release the GIL; separate layers in threads give bit-for-bit the serial
     results. (TimeDropout is left out: it draws from NumPy's global random state, which
     threads share, as the book's layer does.) The softmax cross-entropy splits its rows
-    between the BLAS library's threads, which all the Python threads share."""
+    between the BLAS library's threads, which all the Python threads share, and so does the
+    affine forward's bias fill."""
     monkeypatch.setattr(seq, "SOFTMAX_SCORES_PER_THREAD", 1)
+    monkeypatch.setattr(seq, "BIAS_VALUES_PER_THREAD", 1)
     N, T, D, V = 6, 9, 16, 50
 
     def job(seed):
