@@ -23,8 +23,8 @@ Conventions
   ``dA @ Wh.T`` stay inside it.
 * Every matrix product calls NumPy's own BLAS (:mod:`fastrnn._blas`), so the user's NumPy
   products and fastrnn's share one thread pool. fastrnn's own parallel work (packed
-  products, an LSTM step's rows: :func:`lstm_cell_worker`) runs on that pool's threads
-  too.
+  products, the rows of an LSTM or GRU step: :func:`lstm_cell_worker`,
+  :func:`gru_cell_worker`) runs on that pool's threads too.
 
 The helpers these kernels share with the other kernel modules (BLAS, activations) live in
 :mod:`fastrnn._blas` and :mod:`fastrnn._math`; the cache key of every kernel covers those
@@ -603,8 +603,187 @@ def _pack_gru(panels, Wh, transposed):
     pack_panels(panels_h, Wh[:, 2 * H :], transposed)
 
 
+@helper
+def _gru_gate_rows(gates, rh, h_hist, b, t, first, stop):
+    """Batch rows ``first .. stop - 1`` of step ``t``'s first element-wise forward phase,
+    after the product with ``Wh[:, :2H]``: activate ``z`` and ``r`` (``gates[t]`` holds
+    their pre-activations without the bias) and form ``r * h_{t-1}``. Arrays as in
+    :func:`gru_forward`."""
+    H = h_hist.shape[2]
+    b_zr = b[: 2 * H]
+    for n in range(first, stop):
+        a = gates[t, n]
+        zr, r = a[: 2 * H], a[H : 2 * H]
+        h_prev = h_hist[t, n]
+        rh_n = rh[t, n]
+        for j in range(2 * H):
+            zr[j] = fast_sigmoid(zr[j] + b_zr[j])
+        for j in range(H):
+            rh_n[j] = r[j] * h_prev[j]
+
+
+@helper
+def _gru_state_rows(hs, gates, h_hist, b, t, first, stop):
+    """Batch rows ``first .. stop - 1`` of step ``t``'s second element-wise forward phase,
+    after the product with ``Wh[:, 2H:]``: activate the candidate and write the new state
+    to ``h_hist[t + 1]`` and ``hs[:, t]``. Arrays as in :func:`gru_forward`."""
+    H = h_hist.shape[2]
+    one = gates.dtype.type(1.0)
+    b_h = b[2 * H :]
+    for n in range(first, stop):
+        a = gates[t, n]
+        z, h_cand = a[:H], a[2 * H :]
+        h_prev, h = h_hist[t, n], h_hist[t + 1, n]
+        for j in range(H):
+            h_cand[j] = fast_tanh(h_cand[j] + b_h[j])
+        for j in range(H):
+            h[j] = (one - z[j]) * h_prev[j] + z[j] * h_cand[j]
+        out = hs[n, t]
+        for j in range(H):
+            out[j] = h[j]
+
+
+@helper
+def _gru_candidate_grad_rows(dA, dh, dhs, gates, h_hist, t, first, stop):
+    """Batch rows ``first .. stop - 1`` of step ``t``'s first element-wise backward phase:
+    ``dh`` (from step ``t + 1``) plus ``dhs[:, t]`` is the gradient of ``h_t``; from it the
+    gradients of the candidate's and ``z``'s pre-activations, and ``dh`` becomes the part
+    of the gradient of ``h_{t-1}`` that passes through no product. Arrays as in
+    :func:`gru_backward`."""
+    H = dh.shape[1]
+    one = dA.dtype.type(1.0)
+    for n in range(first, stop):
+        a = gates[t, n]
+        z, h_cand = a[:H], a[2 * H :]
+        d = dA[t, n]
+        dz, dh_cand = d[:H], d[2 * H :]
+        h_prev = h_hist[t, n]
+        dh_n, dhs_n = dh[n], dhs[n, t]
+        for j in range(H):
+            dh_n[j] += dhs_n[j]
+        for j in range(H):
+            dh_cand[j] = dh_n[j] * z[j] * (one - h_cand[j] * h_cand[j])
+        for j in range(H):
+            dz[j] = dh_n[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
+        for j in range(H):
+            dh_n[j] *= one - z[j]
+
+
+@helper
+def _gru_reset_grad_rows(dA, dh, dhr, gates, h_hist, t, first, stop):
+    """Batch rows ``first .. stop - 1`` of step ``t``'s second element-wise backward phase,
+    after ``dhr = dA_h~ @ Wh[:, 2H:].T``: the gradient of ``r``'s pre-activation, and what
+    ``r * h_{t-1}`` passes on to ``dh``. Arrays as in :func:`gru_backward`."""
+    H = dh.shape[1]
+    one = dA.dtype.type(1.0)
+    for n in range(first, stop):
+        r = gates[t, n, H : 2 * H]
+        dr = dA[t, n, H : 2 * H]
+        dhr_n = dhr[n]
+        dh_n = dh[n]
+        h_prev = h_hist[t, n]
+        for j in range(H):
+            dh_n[j] += r[j] * dhr_n[j]
+        for j in range(H):
+            dr[j] = dhr_n[j] * h_prev[j] * r[j] * (one - r[j])
+
+
+# A GRU cell job: one thread's batch rows of one element-wise phase of one step. The arrays
+# travel as addresses (0 for those the phase does not use); their shapes follow from
+# _GRU_STEPS, _GRU_ROWS, _GRU_UNITS.
+(
+    _GRU_PHASE, _GRU_HS, _GRU_GATES, _GRU_RH, _GRU_H_HIST, _GRU_BIAS, _GRU_DA, _GRU_DH,
+    _GRU_DHR, _GRU_DHS, _GRU_STEPS, _GRU_ROWS, _GRU_UNITS, _GRU_STEP, _GRU_FIRST, _GRU_STOP,
+) = range(16)  # fmt: skip
+#: A GRU step's element-wise phases, in the order a step runs them.
+GRU_GATES, GRU_STATE, GRU_CANDIDATE_GRAD, GRU_RESET_GRAD = range(4)
+
+
+@helper
+def _gru_rows(phase, t, first, stop, hs, gates, rh, h_hist, b, dA, dh, dhr, dhs):
+    """Rows ``first .. stop - 1`` of one element-wise ``phase`` of step ``t``."""
+    if phase == GRU_GATES:
+        _gru_gate_rows(gates, rh, h_hist, b, t, first, stop)
+    elif phase == GRU_STATE:
+        _gru_state_rows(hs, gates, h_hist, b, t, first, stop)
+    elif phase == GRU_CANDIDATE_GRAD:
+        _gru_candidate_grad_rows(dA, dh, dhs, gates, h_hist, t, first, stop)
+    else:
+        _gru_reset_grad_rows(dA, dh, dhr, gates, h_hist, t, first, stop)
+
+
+@helper
+def _address(array):
+    """The address of ``array``'s data, 0 for an empty array (which a phase does not use)."""
+    return array.ctypes.data if array.size != 0 else 0
+
+
+@helper
+def _run_gru_rows(cell_pool, phase, t, hs, gates, rh, h_hist, b, dA, dh, dhr, dhs):
+    """One element-wise ``phase`` of step ``t`` over all batch rows: on the calling thread,
+    or split by rows between ``cell_pool``'s threads (:func:`gru_cell_worker`). The arrays
+    the phase does not use may be empty."""
+    T, N, G = gates.shape
+    threads = split_threads(cell_pool, N)
+    if threads <= 1:
+        _gru_rows(phase, t, 0, N, hs, gates, rh, h_hist, b, dA, dh, dhr, dhs)
+        return
+    jobs = cell_pool[1 : 1 + threads]
+    for k in range(threads):
+        job = jobs[k]
+        job[_GRU_PHASE] = phase
+        job[_GRU_HS] = _address(hs)
+        job[_GRU_GATES] = _address(gates)
+        job[_GRU_RH] = _address(rh)
+        job[_GRU_H_HIST] = _address(h_hist)
+        job[_GRU_BIAS] = _address(b)
+        job[_GRU_DA] = _address(dA)
+        job[_GRU_DH] = _address(dh)
+        job[_GRU_DHR] = _address(dhr)
+        job[_GRU_DHS] = _address(dhs)
+        job[_GRU_STEPS] = T
+        job[_GRU_ROWS] = N
+        job[_GRU_UNITS] = G // 3
+        job[_GRU_STEP] = t
+        job[_GRU_FIRST] = k * N // threads
+        job[_GRU_STOP] = (k + 1) * N // threads
+    call_dispatch(
+        cell_pool[0, DISPATCH], threads, cell_pool[0, WORKER], jobs.ctypes.data, JOB_BYTES
+    )
+
+
+def gru_cell_worker(dtype):
+    """The C callback that runs one GRU cell job in ``dtype`` (for
+    :func:`fastrnn._tiles.new_pool`): the same row helpers as the kernels' own loop, on the
+    same C-contiguous array types, so a split step gives the same bits as an unsplit one."""
+    zero = dtype.type(0)
+
+    def worker(address):
+        job = carray(pointer_to(address_of(address), np.int64(0)), (JOB_FIELDS,))
+        T, N, H = job[_GRU_STEPS], job[_GRU_ROWS], job[_GRU_UNITS]
+        phase = job[_GRU_PHASE]
+        forward = phase == GRU_GATES or phase == GRU_STATE
+        gates = carray(pointer_to(job[_GRU_GATES], zero), (T, N, 3 * H))
+        h_hist = carray(pointer_to(job[_GRU_H_HIST], zero), (T + 1, N, H))
+        # What the other direction's phases use arrives as address 0: empty views.
+        fwd, bwd = (1, 0) if forward else (0, 1)
+        hs = carray(pointer_to(job[_GRU_HS], zero), (fwd * N, T, H))
+        rh = carray(pointer_to(job[_GRU_RH], zero), (fwd * T, N, H))
+        b = carray(pointer_to(job[_GRU_BIAS], zero), (fwd * 3 * H,))
+        dA = carray(pointer_to(job[_GRU_DA], zero), (bwd * T, N, 3 * H))
+        dh = carray(pointer_to(job[_GRU_DH], zero), (bwd * N, H))
+        dhr = carray(pointer_to(job[_GRU_DHR], zero), (bwd * N, H))
+        dhs = carray(pointer_to(job[_GRU_DHS], zero), (bwd * N, T, H))
+        first, stop = job[_GRU_FIRST], job[_GRU_STOP]
+        _gru_rows(phase, job[_GRU_STEP], first, stop, hs, gates, rh, h_hist, b, dA, dh, dhr, dhs)
+
+    return callback(worker)
+
+
 @kernel
-def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, pool):
+def gru_forward(
+    hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, pool, cell_pool
+):  # fmt: skip
     """Run a GRU over a sequence.
 
     Parameters
@@ -633,11 +812,14 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
         of a step); else empty.
     pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
+    cell_pool : (1 + threads, JOB_FIELDS) int64 array
+        The threads that split each step's element-wise phases by batch rows
+        (:func:`gru_cell_worker`); ``fastrnn._tiles.UNUSED_POOL`` runs them here.
     """
     T, N, D = xs_tm.shape
     H = Wh.shape[0]
-    one = gates.dtype.type(1.0)
-    b_zr, b_h = b[: 2 * H], b[2 * H :]
+    # Empty views for the arrays of the backward phases, which these phases do not use.
+    no_dA, no_dh, no_dhs = gates[:0], h_hist[0, :0], hs[:0]
     _load_sequence(xs_tm, xs)
     _load_state(h_hist[0], h0)
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
@@ -649,35 +831,21 @@ def gru_forward(hs, gates, rh, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, 
         _recurrent_product(
             gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels_zr, pool
         )
-        for n in range(N):
-            a = gates[t, n]
-            zr, r = a[: 2 * H], a[H : 2 * H]
-            h_prev = h_hist[t, n]
-            rh_n = rh[t, n]
-            for j in range(2 * H):
-                zr[j] = fast_sigmoid(zr[j] + b_zr[j])
-            for j in range(H):
-                rh_n[j] = r[j] * h_prev[j]
+        _run_gru_rows(
+            cell_pool, GRU_GATES, t, hs, gates, rh, h_hist, b, no_dA, no_dh, no_dh, no_dhs
+        )
         _recurrent_product(
             gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels_h, pool
         )
-        for n in range(N):
-            a = gates[t, n]
-            z, h_cand = a[:H], a[2 * H :]
-            h_prev, h = h_hist[t, n], h_hist[t + 1, n]
-            for j in range(H):
-                h_cand[j] = fast_tanh(h_cand[j] + b_h[j])
-            for j in range(H):
-                h[j] = (one - z[j]) * h_prev[j] + z[j] * h_cand[j]
-            out = hs[n, t]
-            for j in range(H):
-                out[j] = h[j]
+        _run_gru_rows(
+            cell_pool, GRU_STATE, t, hs, gates, rh, h_hist, b, no_dA, no_dh, no_dh, no_dhs
+        )
 
 
 @kernel
 def gru_backward(
     dxs, dWx, dWh, db, dh, dhr, dhT, dA, dhs, gates, rh, h_hist, xs, Wx, Wh, WhT, route,
-    panels, pool,
+    panels, pool, cell_pool,
 ):  # fmt: skip
     """Backpropagate through a GRU sequence.
 
@@ -710,43 +878,27 @@ def gru_backward(
         else empty.
     pool : (1 + threads, JOB_FIELDS) int64 array
         The threads that packed products run on (:func:`fastrnn._tiles.new_pool`).
+    cell_pool : (1 + threads, JOB_FIELDS) int64 array
+        As for :func:`gru_forward`.
     """
     T, N, D = xs.shape
     H = Wh.shape[0]
-    one = dA.dtype.type(1.0)
+    # Empty views for the arrays of the forward phases, which these phases do not use.
+    no_hs, no_rh, no_b = dhs[:0], h_hist[:0], db[:0]
     Wh_zr, Wh_h = Wh[:, : 2 * H], Wh[:, 2 * H :]
     WhT_zr, WhT_h = WhT[: 2 * H], WhT[2 * H :]
     panels_zr, panels_h = _gru_backward_panels(panels, H)
     if panels.shape[0] != 0:
         _pack_gru(panels, Wh, True)
     for t in range(T - 1, -1, -1):
-        for n in range(N):
-            a = gates[t, n]
-            z, h_cand = a[:H], a[2 * H :]
-            d = dA[t, n]
-            dz, dh_cand = d[:H], d[2 * H :]
-            h_prev = h_hist[t, n]
-            # dh[n] becomes the total gradient of h_t, then that of h_{t-1}, in place.
-            dh_n, dhs_n = dh[n], dhs[n, t]
-            for j in range(H):
-                dh_n[j] += dhs_n[j]
-            for j in range(H):
-                dh_cand[j] = dh_n[j] * z[j] * (one - h_cand[j] * h_cand[j])
-            for j in range(H):
-                dz[j] = dh_n[j] * (h_cand[j] - h_prev[j]) * z[j] * (one - z[j])
-            for j in range(H):
-                dh_n[j] *= one - z[j]
+        # dh becomes the total gradient of h_t, then that of h_{t-1}, in place.
+        _run_gru_rows(
+            cell_pool, GRU_CANDIDATE_GRAD, t, no_hs, gates, no_rh, h_hist, no_b, dA, dh, dhr, dhs
+        )
         _backprop_to_state(dhr, dhT, dA[t, :, 2 * H :], Wh_h, WhT_h, False, route, panels_h, pool)
-        for n in range(N):
-            r = gates[t, n, H : 2 * H]
-            dr = dA[t, n, H : 2 * H]
-            dhr_n = dhr[n]
-            dh_n = dh[n]
-            h_prev = h_hist[t, n]
-            for j in range(H):
-                dh_n[j] += r[j] * dhr_n[j]
-            for j in range(H):
-                dr[j] = dhr_n[j] * h_prev[j] * r[j] * (one - r[j])
+        _run_gru_rows(
+            cell_pool, GRU_RESET_GRAD, t, no_hs, gates, no_rh, h_hist, no_b, dA, dh, dhr, dhs
+        )
         _backprop_to_state(dh, dhT, dA[t, :, : 2 * H], Wh_zr, WhT_zr, True, route, panels_zr, pool)
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))

@@ -41,9 +41,9 @@ from ._workspace import Workspace, fits_kernels, kernel_ready
 
 __all__ = ["RNN", "LSTM", "GRU", "TimeRNN", "TimeLSTM", "TimeGRU", "TimeBiLSTM"]
 
-#: Gate values of one step per thread, above which an LSTM step's element-wise work (about
-#: a nanosecond per gate value) is split by batch rows between the BLAS library's threads:
-#: from twice this many, a thread's share outweighs handing it over.
+#: Gate values of one step per thread, above which an LSTM or GRU step's element-wise work
+#: (about a nanosecond per gate value) is split by batch rows between the BLAS library's
+#: threads: from twice this many, a thread's share outweighs handing it over.
 CELL_VALUES_PER_THREAD = 1 << 11
 
 
@@ -283,14 +283,13 @@ class _RNNRecurrence(_Recurrence):
         )
 
 
-def _cell_pool(dtype, rows, gate_values):
-    """The threads to split a step's ``rows`` batch rows of ``gate_values`` gate values
-    between: the calling thread's pool for :func:`fastrnn._kernels.lstm_cell_worker`, set
-    to as many threads as the BLAS uses and the work fills, or ``UNUSED_POOL`` to stay on
-    the calling thread."""
-    return tiles.row_pool(
-        dtype, kernels.lstm_cell_worker, rows, gate_values, CELL_VALUES_PER_THREAD
-    )
+def _cell_pool(gates, worker=kernels.lstm_cell_worker):
+    """The threads to split the batch rows of a step of ``gates`` (T, N, G*H) between: the
+    calling thread's pool for ``worker`` (:func:`fastrnn._kernels.lstm_cell_worker` or
+    :func:`~fastrnn._kernels.gru_cell_worker`), set to as many threads as the BLAS uses and
+    the step's gate values fill, or ``UNUSED_POOL`` to stay on the calling thread."""
+    rows, gate_values = gates.shape[1], gates.shape[1] * gates.shape[2]
+    return tiles.row_pool(gates.dtype, worker, rows, gate_values, CELL_VALUES_PER_THREAD)
 
 
 class _LSTMRecurrence(_Recurrence):
@@ -318,7 +317,7 @@ class _LSTMRecurrence(_Recurrence):
             views.WhT,
             views.panels,
             pool,
-            _cell_pool(Wx.dtype, gates.shape[1], gates.shape[1] * gates.shape[2]),
+            _cell_pool(gates),
         )
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
@@ -344,7 +343,7 @@ class _LSTMRecurrence(_Recurrence):
             route,
             panels,
             pool,
-            _cell_pool(dh.dtype, gates.shape[1], gates.shape[1] * gates.shape[2]),
+            _cell_pool(gates),
         )
 
 
@@ -354,9 +353,10 @@ class _GRURecurrence(_Recurrence):
 
     def _run_forward(self, hs, views, pool, xs, h0, c0, Wx, Wh, b):
         act = views.activations
+        gates = act["gates"]
         kernels.gru_forward(
-            hs, act["gates"], act["rh"], views.h_hist, views.scratchT, views.xs_tm, xs, h0,
-            Wx, Wh, b, views.WhT, views.panels, pool,
+            hs, gates, act["rh"], views.h_hist, views.scratchT, views.xs_tm, xs, h0,
+            Wx, Wh, b, views.WhT, views.panels, pool, _cell_pool(gates, kernels.gru_cell_worker),
         )  # fmt: skip
 
     def _run_backward(self, dxs_tm, grads, dh, dc, dhT, WhT, route, panels, pool, dhs, saved):
@@ -381,6 +381,7 @@ class _GRURecurrence(_Recurrence):
             route,
             panels,
             pool,
+            _cell_pool(act["gates"], kernels.gru_cell_worker),
         )
 
 

@@ -788,13 +788,13 @@ def test_every_route_matches_reference(rng, name, dtype, shape_id, pinned_routes
 
 
 # --------------------------------------------------------------------------------------
-# LSTM steps split between the BLAS library's threads
+# LSTM and GRU steps split between the BLAS library's threads
 # --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(params=["calling-thread", "blas-threads"])
 def cell_threads(request, monkeypatch):
-    """Where an LSTM step's element-wise work runs: on the calling thread, or
+    """Where an LSTM or GRU step's element-wise work runs: on the calling thread, or
     (``blas-threads``) split by batch rows between the BLAS library's threads however
     small the step, which with one BLAS thread, or a BLAS without a thread dispatch, is
     the calling thread too."""
@@ -803,7 +803,7 @@ def cell_threads(request, monkeypatch):
     return request.param
 
 
-def _lstm_run(layer, xs_list, dhs_list):
+def _stateful_run(layer, xs_list, dhs_list):
     """Copies of everything a stateful chain of forward/backward calls produces."""
     record = []
     for xs, dhs in zip(xs_list, dhs_list, strict=True):
@@ -811,7 +811,7 @@ def _lstm_run(layer, xs_list, dhs_list):
         record.append(layer.backward(dhs).copy())
         record += [g.copy() for g in layer.grads]
         for d in directions(layer):
-            record += [d.h.copy(), d.c.copy(), d.dh.copy()]
+            record += [d.h.copy(), d.dh.copy()] + ([d.c.copy()] if hasattr(d, "c") else [])
     return record
 
 
@@ -819,10 +819,10 @@ def _lstm_run(layer, xs_list, dhs_list):
     "shape_id", ["N1", "T1", "H1", "N7-T9-D5-H11", "N25-T3-D4-H6", "N3-T8-D4-H512"]
 )
 @dtypes
-@pytest.mark.parametrize("name", ["TimeLSTM", "TimeBiLSTM"])
-def test_lstm_split_steps_match_reference(rng, name, dtype, shape_id, cell_threads):
-    """Split by batch rows or not, a stateful chain of LSTM calls gives the reference's
-    numbers, and exactly the bits of the calling thread alone."""
+@pytest.mark.parametrize("name", ["TimeLSTM", "TimeBiLSTM", "TimeGRU"])
+def test_split_steps_match_reference(rng, name, dtype, shape_id, cell_threads):
+    """Split by batch rows or not, a stateful chain of LSTM or GRU calls gives the
+    reference's numbers, and exactly the bits of the calling thread alone."""
     N, T, D, H = SHAPES[shape_id]
     fast, reference, params, _ = make_pair(rng, name, D, H, dtype, stateful=True)
     xs_list = [randn(rng, (N, T, D), dtype) for _ in range(3)]
@@ -832,24 +832,26 @@ def test_lstm_split_steps_match_reference(rng, name, dtype, shape_id, cell_threa
     if cell_threads == "blas-threads":
         alone = TIME_LAYERS[name][0](*[p.copy() for p in params], stateful=True)
         split = TIME_LAYERS[name][0](*[p.copy() for p in params], stateful=True)
-        split_record = _lstm_run(split, xs_list, dhs_list)
+        split_record = _stateful_run(split, xs_list, dhs_list)
         layers_module.CELL_VALUES_PER_THREAD = 2**62  # restored by the fixture
-        alone_record = _lstm_run(alone, xs_list, dhs_list)
+        alone_record = _stateful_run(alone, xs_list, dhs_list)
         for i, (a, b) in enumerate(zip(split_record, alone_record, strict=True)):
             np.testing.assert_array_equal(a, b, err_msg=f"output {i}")
 
 
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
 @dtypes
-def test_lstm_cell_split_step_matches_reference(rng, dtype, cell_threads):
-    """The single-step LSTM cell splits its rows like the time layer."""
+def test_cell_split_step_matches_reference(rng, family, dtype, cell_threads):
+    """The single-step LSTM and GRU cells split their rows like the time layers."""
     N, D, H = 9, 5, 13
-    fast, reference, _ = make_cells(rng, "LSTM", D, H, dtype)
+    fast, reference, _ = make_cells(rng, family, D, H, dtype)
     args = [randn(rng, (N, width), dtype) for width in (D, H, H, H, H)]  # x, h, c, dh, dc
-    compare_cells(fast, reference, "LSTM", args, args, dtype)
+    compare_cells(fast, reference, family, args, args, dtype)
 
 
+@pytest.mark.parametrize(("family", "gates"), [("LSTM", 4), ("GRU", 3)])
 @dtypes
-def test_lstm_steps_split_between_blas_threads_above_the_limit(rng, dtype, monkeypatch):
+def test_steps_split_between_blas_threads_above_the_limit(rng, family, gates, dtype, monkeypatch):
     """From ``2 * CELL_VALUES_PER_THREAD`` gate values per step (and two batch rows), both
     kernels hand each step's rows to the BLAS library's threads; below, and with one BLAS
     thread, they stay on the calling thread."""
@@ -859,7 +861,8 @@ def test_lstm_steps_split_between_blas_threads_above_the_limit(rng, dtype, monke
     from fastrnn._tiles import DISPATCH, THREADS
 
     threads_used = []
-    for kernel_name in ("lstm_forward", "lstm_backward"):
+    name = family.lower()
+    for kernel_name in (f"{name}_forward", f"{name}_backward"):
         kernel = getattr(kernels_module, kernel_name)
 
         def spy(*args, kernel=kernel):
@@ -868,11 +871,11 @@ def test_lstm_steps_split_between_blas_threads_above_the_limit(rng, dtype, monke
             return kernel(*args)
 
         monkeypatch.setattr(kernels_module, kernel_name, spy)
-    D, H = 3, 8  # 32 gate values per batch row
+    D, H = 3, 8  # 8 * gates gate values per batch row
     limit = layers_module.CELL_VALUES_PER_THREAD
-    big_N = 2 * limit // (4 * H)
+    big_N = -(-2 * limit // (gates * H))  # the fewest rows with 2 * limit gate values
     for N in (big_N - 1, big_N, 1):
-        layer = fastrnn.TimeLSTM(*make_params(rng, "LSTM", D, H, dtype))
+        layer = getattr(fastrnn, f"Time{family}")(*make_params(rng, family, D, H, dtype))
         layer.forward(randn(rng, (N, 2, D), dtype))
         layer.backward(randn(rng, (N, 2, H), dtype))
     with threadpool_limits(1, user_api="blas"):

@@ -131,7 +131,8 @@ def _training_run(kind, dtype, seed, params=None, steps=12):
 
 @pytest.mark.slow
 def test_threads_with_their_own_layers_give_the_serial_results(monkeypatch):
-    # every LSTM step is split between the BLAS library's threads, from all threads at once
+    # every LSTM and GRU step is split between the BLAS library's threads, from all threads
+    # at once
     monkeypatch.setattr(fastrnn.layers, "CELL_VALUES_PER_THREAD", 1)
     jobs = [(kind, dtype, seed) for kind in ALL_KINDS for dtype in DTYPES for seed in (1,)]
     assert_threads_give_serial_results(lambda job: _training_run(*job), jobs)

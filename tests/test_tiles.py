@@ -255,10 +255,30 @@ def test_one_core_still_finishes_and_is_right():
         with threadpool_limits(2, user_api="blas"):
             hs = fast.forward(xs)
             dxs = fast.backward(dhs)
-            used = layers._cell_pool(np.dtype(np.float32), 6, 32)[0, 2]
+            used = layers._cell_pool(np.empty((5, 6, 32), np.float32))[0, 2]
         np.testing.assert_allclose(hs, book.forward(xs), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(dxs, book.backward(dhs), rtol=1e-4, atol=1e-6)
         print("lstm threads", used)
+
+        # a GRU's steps likewise
+        Wx, Wh = rng.standard_normal((2, 8, 24)).astype(np.float32) * 0.5
+        b = rng.standard_normal(24).astype(np.float32)
+        fast, book = fastrnn.TimeGRU(Wx, Wh, b), reference.TimeGRU(Wx, Wh, b)
+        with threadpool_limits(2, user_api="blas"):
+            hs = fast.forward(xs)
+            dxs = fast.backward(dhs)
+        np.testing.assert_allclose(hs, book.forward(xs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dxs, book.backward(dhs), rtol=1e-4, atol=1e-6)
+        print("gru done")
+
+        # an affine forward's bias fill likewise
+        sequence_layers.BIAS_VALUES_PER_THREAD = 1
+        W = rng.standard_normal((8, 300)).astype(np.float32)
+        b = rng.standard_normal(300).astype(np.float32)
+        with threadpool_limits(2, user_api="blas"):
+            out = sequence_layers.TimeAffine(W, b).forward(xs)
+        np.testing.assert_allclose(out, reference.TimeAffine(W, b).forward(xs), rtol=1e-5)
+        print("affine done")
         """
     )
     done = subprocess.run(
@@ -268,3 +288,5 @@ def test_one_core_still_finishes_and_is_right():
     assert "threads" in done.stdout
     assert "softmax threads" in done.stdout
     assert "lstm threads" in done.stdout
+    assert "gru done" in done.stdout
+    assert "affine done" in done.stdout
