@@ -65,7 +65,8 @@ _INT64 = np.dtype(np.int64)
 #: takes about 0.07 ms here).
 SOFTMAX_SCORES_PER_THREAD = 1 << 16
 #: Fewest output values per thread before the affine forward splits its bias fill between
-#: the BLAS library's threads (a fill of 2**16 float32 values takes about 0.03 ms here).
+#: the BLAS library's threads (a fill of 2**16 float32 values took 5 µs in cache and 11 µs
+#: to memory on 2-core AMD EPYC Zen 4).
 BIAS_VALUES_PER_THREAD = 1 << 16
 _LAST_OUTPUT = "the last forward's output"
 
