@@ -38,7 +38,12 @@ What each layer costs, and why it is written this way
   but the x86 backend of LLVM 14, Numba 0.59's, cannot compile it.)
 * Sigmoid cross-entropy: one pass computing the loss and ``sigmoid(x) - t``; the backward
   scales that.
-* Dropout: one pass writing the mask and the output from NumPy's uniform draws.
+* Dropout: one pass writing the mask and the output. The uniform draws come straight from
+  NumPy's global MT19937 state, generated a block of 624 words at a time as NumPy does but
+  vectorised and never stored: on 2 cores (AMD EPYC Zen 4), a (20, 35, 650) float32 mask
+  took 0.34 ms against 1.9 ms for ``np.random.rand`` alone, with the same numbers and the
+  same final state (:func:`dropout_forward_mt19937`; :func:`dropout_forward` takes
+  ``np.random.rand``'s draws when the global generator is not an MT19937).
 
 The element-wise products of the backward passes are kernels too, not NumPy expressions:
 NumPy warns about ``inf * 0``, and NaN and inf are not errors here.
@@ -532,6 +537,111 @@ def dropout_forward(out, mask, xs, u, ratio, scale):
         m = scale if u[i] > ratio else zero
         mask[i] = m
         out[i] = xs[i] * m
+
+
+# NumPy's MT19937 (numpy/random/src/mt19937/mt19937.c): 624 words of state, refilled
+# all at once ("twisted") when used up; each word is tempered on the way out.
+MT19937_WORDS = 624
+_MT_SHIFT = 397
+_MT_UPPER = np.uint32(0x80000000)
+_MT_LOWER = np.uint32(0x7FFFFFFF)
+_MT_MATRIX = np.uint32(0x9908B0DF)
+
+
+@helper
+def _mt_mix(word, next_word, far_word):
+    y = (word & _MT_UPPER) | (next_word & _MT_LOWER)
+    return far_word ^ (y >> np.uint32(1)) ^ ((np.uint32(0) - (y & np.uint32(1))) & _MT_MATRIX)
+
+
+@helper
+def _mt_twist(key):
+    """Refill the 624 words of ``key`` as NumPy's ``mt19937_gen`` does (the loops are
+    split where the word read ``_MT_SHIFT`` ahead wraps around, so each vectorises)."""
+    n, m = MT19937_WORDS, _MT_SHIFT
+    for i in range(n - m):
+        key[i] = _mt_mix(key[i], key[i + 1], key[i + m])
+    for i in range(n - m, n - 1):
+        key[i] = _mt_mix(key[i], key[i + 1], key[i + m - n])
+    key[n - 1] = _mt_mix(key[n - 1], key[0], key[m - 1])
+
+
+@helper
+def _mt_temper_into(words, key):
+    """``words[j] = temper(key[j])``: the generator's output for the state words ``key``."""
+    for j in range(key.size):
+        y = key[j]
+        y ^= y >> np.uint32(11)
+        y ^= (y << np.uint32(7)) & np.uint32(0x9D2C5680)
+        y ^= (y << np.uint32(15)) & np.uint32(0xEFC60000)
+        y ^= y >> np.uint32(18)
+        words[j] = y
+
+
+@helper
+def _dropout_from_word_pairs(out, mask, xs, words, ratio, scale):
+    """Dropout of ``xs`` with the draws that the pairs ``words[2p], words[2p + 1]`` make."""
+    zero = mask.dtype.type(0.0)
+    for p in range(xs.size):
+        # NumPy's mt19937_next_double: 27 + 26 bits, exact in float64
+        high = words[2 * p] >> np.uint32(5)
+        low = words[2 * p + 1] >> np.uint32(6)
+        u = (high * 67108864.0 + low) / 9007199254740992.0
+        m = scale if u > ratio else zero
+        mask[p] = m
+        out[p] = xs[p] * m
+
+
+@kernel
+def dropout_forward_mt19937(out, mask, state, words, xs, ratio, scale):
+    """Inverted dropout drawing straight from NumPy's MT19937 state, all arrays flattened.
+
+    The same numbers and the same final state as ``np.random.rand(S)`` followed by
+    :func:`dropout_forward`: the draws are NumPy's ``mt19937_next_double``, two words
+    each, but made a block of up to 624 words at a time (twist, temper, then pairs), so
+    each loop vectorises and the (S,) float64 draws are never stored.
+
+    Parameters
+    ----------
+    out : (S,) array
+        Out: ``xs * mask``.
+    mask : (S,) array
+        Out: ``scale`` where the draw ``u > ratio``, else 0.
+    state : (625,) uint32 array
+        In and out: a view of the generator's state (``mt19937_state``): its 624 words,
+        then the position of the next word to use; left where ``np.random.rand`` leaves it.
+    words : (625,) uint32 array
+        Scratch: one block's tempered words, after a word carried over from the last block.
+    xs : (S,) array
+    ratio : float
+        The dropout ratio, compared with the draws in float64 as the book does.
+    scale : float
+        ``1 / (1 - ratio)`` in the dtype of ``xs``.
+    """
+    n = MT19937_WORDS
+    key = state[:n]
+    position = np.int64(state[n])
+    S = xs.size
+    done = 0
+    carried = 0  # 1 when words[0] holds the first word of a pair split between two blocks
+    while done < S:
+        if position == n:
+            _mt_twist(key)
+            position = 0
+        fresh = min(n - position, 2 * (S - done) - carried)
+        _mt_temper_into(words[carried : carried + fresh], key[position : position + fresh])
+        position += fresh
+        held = carried + fresh
+        pairs = held // 2
+        stop = done + pairs
+        _dropout_from_word_pairs(
+            out[done:stop], mask[done:stop], xs[done:stop], words, ratio, scale
+        )
+        done = stop
+        carried = held - 2 * pairs
+        if carried:
+            words[0] = words[held - 1]
+    state[n] = np.uint32(position)
 
 
 @kernel

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _kernels_sequence as kernels
 from . import _tiles as tiles
+from ._random import global_mt19937
 from ._validation import (
     RepeatedCall,
     check_affine_params,
@@ -514,9 +515,12 @@ class TimeSigmoidWithLoss:
 class TimeDropout:
     """Inverted dropout over a whole sequence, active while ``train_flg`` is True.
 
-    The mask is drawn from NumPy's global random state with ``np.random.rand`` exactly as
-    the book does, so a run seeded with ``np.random.seed`` gets the book's masks (and leaves
-    the random state where the book leaves it).
+    The mask is drawn from NumPy's global random state exactly as the book draws it with
+    ``np.random.rand``, so a run seeded with ``np.random.seed`` gets the book's masks (and
+    leaves the random state where the book leaves it). The draws are made in the kernel,
+    straight from the global MT19937's state (under its lock), without the (xs.size,)
+    float64 array of ``np.random.rand``; with another global bit generator
+    (``np.random.set_bit_generator``) the layer calls ``np.random.rand``.
 
     Parameters
     ----------
@@ -561,14 +565,24 @@ class TimeDropout:
         # Computed from the attribute as the book does, so that a NumPy float32 ratio gives
         # the book's (float32) scale.
         scale = dtype.type(1 / (1 - ratio))
-        source = kernel_ready(xs, dtype, self._ws, "xs")
-        draws = np.asarray(np.random.rand(*xs.shape))  # a float, not an array, for 0-d xs
+        source = kernel_ready(xs, dtype, self._ws, "xs").reshape(-1)
         mask = np.empty(xs.shape, dtype=dtype)
         out = np.empty(xs.shape, dtype=dtype)
-        kernels.dropout_forward(
-            out.reshape(-1), mask.reshape(-1), source.reshape(-1), draws.reshape(-1),
-            float(ratio), scale,
-        )  # fmt: skip
+        generator = global_mt19937()
+        if generator is None:  # another bit generator: its own draws, as the book takes them
+            draws = np.asarray(np.random.rand(*xs.shape))  # a float, not an array, for 0-d
+            kernels.dropout_forward(
+                out.reshape(-1), mask.reshape(-1), source, draws.reshape(-1), float(ratio),
+                scale,
+            )  # fmt: skip
+        else:
+            lock, state = generator
+            words = self._ws.take("words", state.shape, state.dtype)
+            with lock:  # as NumPy's own draws hold it
+                kernels.dropout_forward_mt19937(
+                    out.reshape(-1), mask.reshape(-1), state, words, source, float(ratio),
+                    scale,
+                )  # fmt: skip
         self.mask = mask
         return out
 

@@ -31,6 +31,7 @@ import textwrap
 import tracemalloc
 import weakref
 from pathlib import Path
+from unittest import mock
 
 import numba
 import numpy as np
@@ -520,6 +521,9 @@ def _run_sequence_layers(rng, dtype):
     ]:
         layer.forward(*args)
         layer.backward(grad)
+    # The dropout kernel for a global bit generator other than MT19937, too.
+    with mock.patch.object(seq, "global_mt19937", lambda: None):
+        seq.TimeDropout().forward(x)
 
 
 #: Float arithmetic in LLVM IR, flagged or not.

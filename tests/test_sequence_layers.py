@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ import fastrnn._kernels_sequence as kernels_module
 from fastrnn import reference as ref
 from fastrnn import sequence_layers as seq
 from fastrnn._blas import BINDING, blas_threads
+from fastrnn._random import global_mt19937
 from fastrnn._tiles import DISPATCH, THREADS
 
 DTYPE_IDS = {np.float32: "f32", np.float64: "f64"}
@@ -841,6 +843,15 @@ DROPOUT_SHAPES = {
 }
 
 
+@pytest.fixture(params=["state", "rand"])
+def dropout_draws(request, monkeypatch):
+    """Both ways TimeDropout draws: in the kernel from the global MT19937's state, and
+    through ``np.random.rand`` (what it does under another global bit generator)."""
+    if request.param == "rand":
+        monkeypatch.setattr(seq, "global_mt19937", lambda: None)
+    return request.param
+
+
 def run_dropout(fast, reference, xs, dout, seed, global_seed):
     """Forward both layers from the same seed: the book's mask and output bit for bit, and
     the global random state left at the same place; then backward."""
@@ -866,7 +877,7 @@ def run_dropout(fast, reference, xs, dout, seed, global_seed):
 @pytest.mark.parametrize("ratio", [0.5, 0.3, 0.0, 0.9])
 @pytest.mark.parametrize("shape", DROPOUT_SHAPES.values(), ids=DROPOUT_SHAPES.keys())
 @dtypes
-def test_dropout_is_the_books_seeded_draw(rng, global_seed, dtype, shape, ratio):
+def test_dropout_is_the_books_seeded_draw(rng, global_seed, dropout_draws, dtype, shape, ratio):
     xs, dout = randn(rng, shape, dtype), randn(rng, shape, dtype)
     fast, reference = seq.TimeDropout(ratio), ref.TimeDropout(ratio)
     out, dx = run_dropout(fast, reference, xs, dout, 1234, global_seed)
@@ -887,14 +898,14 @@ def test_dropout_input_dtypes(rng, global_seed, in_dtype):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @dtypes
-def test_dropout_strided_inputs(rng, global_seed, dtype, layout):
+def test_dropout_strided_inputs(rng, global_seed, dropout_draws, dtype, layout):
     xs = make_layout(rng, layout, (3, 4, 5), dtype)
     dout = make_layout(rng, layout, (3, 4, 5), other_float(dtype))
     run_dropout(seq.TimeDropout(), ref.TimeDropout(), xs, dout, 3, global_seed)
 
 
 @dtypes
-def test_dropout_special_values(rng, global_seed, dtype):
+def test_dropout_special_values(rng, global_seed, dropout_draws, dtype):
     """inf and NaN in xs: dropped inf becomes NaN (inf * 0), as in the reference."""
     xs = randn(rng, (4, 5, 6), dtype)
     xs[0, 0, :3] = np.inf
@@ -905,7 +916,7 @@ def test_dropout_special_values(rng, global_seed, dtype):
     )
 
 
-def test_dropout_of_a_0d_array(global_seed):
+def test_dropout_of_a_0d_array(global_seed, dropout_draws):
     """A 0-d input gets one draw (the reference cannot: np.random.rand() is a float)."""
     layer = seq.TimeDropout(0.5)
     global_seed(2)
@@ -917,11 +928,104 @@ def test_dropout_of_a_0d_array(global_seed):
     assert layer.backward(np.array(1.0)) == layer.mask
 
 
-def test_dropout_numpy_float32_ratio(rng, global_seed):
+def test_dropout_numpy_float32_ratio(rng, global_seed, dropout_draws):
     """A NumPy float32 ratio: the book's comparison (in float64) and scale (in float32)."""
     xs = randn(rng, (4, 5, 6), np.float64)
     ratio = np.float32(0.3)
     run_dropout(seq.TimeDropout(ratio), ref.TimeDropout(ratio), xs, xs, 9, global_seed)
+
+
+def test_the_state_view_follows_numpys_global_generator(global_seed):
+    """The view the kernel draws through is the live state of NumPy's global MT19937."""
+    lock, view = global_mt19937()
+    assert lock is np.random.mtrand._rand._bit_generator.lock
+    for change in (lambda: global_seed(4), lambda: np.random.rand(5), lambda: np.random.bytes(12)):
+        change()
+        state = np.random.get_state(legacy=False)["state"]
+        np.testing.assert_array_equal(view[:624], state["key"])
+        assert view[624] == state["pos"]
+        assert global_mt19937()[1] is view
+
+
+@pytest.mark.parametrize("position", [0, 1, 2, 311, 622, 623, 624])
+@pytest.mark.parametrize("size", [1, 2, 311, 312, 313, 623, 624, 625, 1249])
+def test_dropout_draws_across_the_generators_blocks(rng, global_seed, position, size):
+    """MT19937 makes its words 624 at a time and a draw takes two: whatever word a mask
+    starts at (``position``; 624: the block is used up), and however its draws straddle
+    blocks, it is NumPy's, and the state ends where ``np.random.rand`` leaves it."""
+    xs = randn(rng, (size,), np.float32)
+    fast, reference = seq.TimeDropout(0.5), ref.TimeDropout(0.5)
+    key = rng.integers(0, 2**32, size=624, dtype=np.uint64).astype(np.uint32)
+    start = ("MT19937", key, position, 1, 0.25)  # with a cached Gaussian, which stays
+    np.random.set_state(start)
+    out = fast.forward(xs)
+    state = np.random.get_state()
+    np.random.set_state(start)
+    expected = reference.forward(xs)
+    for mine, theirs in zip(state, np.random.get_state(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(fast.mask, reference.mask)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.skipif(
+    not hasattr(np.random, "set_bit_generator"), reason="np.random.set_bit_generator: NumPy 1.25"
+)
+def test_dropout_under_another_global_bit_generator(rng):
+    """With PCG64 behind NumPy's global functions, the masks are ``np.random.rand``'s draws
+    from it; back on the MT19937, the layer reads that generator's state again."""
+    original = np.random.get_bit_generator()
+    saved = original.state
+    xs = randn(rng, (3, 4, 5), np.float64)
+    fast, reference = seq.TimeDropout(0.5), ref.TimeDropout(0.5)
+    try:
+        for generator in (np.random.PCG64, np.random.MT19937, np.random.PCG64):
+            np.random.set_bit_generator(generator(5))
+            out = fast.forward(xs)
+            after = np.random.rand(4)
+            np.random.set_bit_generator(generator(5))
+            np.testing.assert_array_equal(out, reference.forward(xs))
+            np.testing.assert_array_equal(fast.mask, reference.mask)
+            np.testing.assert_array_equal(after, np.random.rand(4))
+    finally:
+        np.random.set_bit_generator(original)
+        original.state = saved
+    out = fast.forward(xs)  # the original generator's state again, not a stale view's
+    original.state = saved
+    np.testing.assert_array_equal(out, reference.forward(xs))
+    original.state = saved
+
+
+def test_dropout_draws_are_whole_under_python_threads(rng, global_seed):
+    """Python threads drawing at once (dropout layers and ``np.random.rand``): every draw
+    holds the generator's lock, as NumPy's do, so the global state ends where making all
+    the draws one after another leaves it (a torn draw would leave it elsewhere)."""
+    xs = randn(rng, (7, 11, 13), np.float32)  # 1001 draws: an odd number of pairs
+    calls = 30
+    barrier = threading.Barrier(6)
+
+    def dropout():
+        layer = seq.TimeDropout(0.3)
+        barrier.wait()
+        for _ in range(calls):
+            layer.forward(xs)
+
+    def numpy_draws():
+        barrier.wait()
+        for _ in range(calls):
+            np.random.rand(333)
+
+    global_seed(23)
+    threads = [threading.Thread(target=f) for f in [dropout] * 4 + [numpy_draws] * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    state = np.random.get_state()
+    global_seed(23)
+    np.random.rand(calls * (4 * xs.size + 2 * 333))
+    for mine, theirs in zip(state, np.random.get_state(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def test_dropout_not_training_returns_xs_and_draws_nothing(rng, global_seed):
