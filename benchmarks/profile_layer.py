@@ -27,7 +27,10 @@ call is timed with them. The kernels are not modified:
 * *GEMM* lines make the products the kernels make, with the same operands and flags.
 * *kernel total* is the recorded kernel call repeated from compiled code; *cell
   element-wise* is that total minus the kernel's GEMM lines: gates, activations, bias,
-  state updates and loop overhead (and any cache misses the GEMMs cause there). Its
+  state updates and loop overhead (and any cache misses the GEMMs cause there). The
+  total and the parts it subtracts are timed in the same rounds, and the line is the
+  median of the rounds' differences (:func:`interleaved_difference`), so that a change in
+  the machine's speed between timings does not land in it. Its
   *activations alone* sub-line times just the ``fast_sigmoid``/``fast_tanh`` calls a step
   needs (forward only; the backward pass has none). Computing the element-wise share by
   difference keeps the profiler valid while the kernels' loops change.
@@ -43,7 +46,7 @@ call is timed with them. The kernels are not modified:
 
 The backward kernels overwrite some of their inputs (the state gradients the layer zeroes
 or fills); those are restored before every repetition and the restore
-time, measured alone, is subtracted.
+time, measured in the same rounds, is subtracted.
 
 Every line is the median over ``--repeat`` samples; a sample repeats the phase for about a
 millisecond. Shares are of the measured forward+backward total. Lines indented under
@@ -309,18 +312,24 @@ SAMPLE_SECONDS = 1e-3
 MAX_PHASE_SECONDS = 3.0
 
 
-def median_seconds(run: Callable[[int], object], samples: int) -> float:
-    """Median seconds per repetition of ``run(reps)`` over ``samples`` samples.
-
-    ``run(reps)`` does the work ``reps`` times. Two untimed calls warm it up (and compile
-    it); then ``reps`` is chosen so that a sample lasts about :data:`SAMPLE_SECONDS`.
-    """
+def _sample_reps(run: Callable[[int], object]) -> int:
+    """Repetitions of ``run`` that last about :data:`SAMPLE_SECONDS`, after two untimed
+    calls that warm it up (and compile it)."""
     once = float("inf")
     for _ in range(2):
         t0 = time.perf_counter()
         run(1)
         once = min(once, time.perf_counter() - t0)
-    reps = int(min(1000, max(1, SAMPLE_SECONDS / max(once, 1e-9))))
+    return int(min(1000, max(1, SAMPLE_SECONDS / max(once, 1e-9))))
+
+
+def median_seconds(run: Callable[[int], object], samples: int) -> float:
+    """Median seconds per repetition of ``run(reps)`` over ``samples`` samples.
+
+    ``run(reps)`` does the work ``reps`` times; ``reps`` is chosen so that a sample lasts
+    about :data:`SAMPLE_SECONDS`.
+    """
+    reps = _sample_reps(run)
     times = []
     started = time.perf_counter()
     for _ in range(samples):
@@ -330,6 +339,33 @@ def median_seconds(run: Callable[[int], object], samples: int) -> float:
         if len(times) >= 3 and time.perf_counter() - started > MAX_PHASE_SECONDS:
             break  # a machine busy with other work: settle for fewer samples
     return statistics.median(times)
+
+
+def interleaved_difference(
+    plus: list[Callable[[int], object]], minus: list[Callable[[int], object]], samples: int
+) -> float:
+    """Median over ``samples`` rounds of the seconds per repetition of the ``plus`` runs
+    less those of the ``minus`` runs, all timed once in every round.
+
+    A line found by difference (a kernel's total less its products) subtracts timings of
+    similar size; timed one after another, a drift in the machine's speed between them (a
+    shared VM's, a turbo's) lands whole in the difference, which then came out negative.
+    Timed in the same rounds, each round's difference sees one speed.
+    """
+    runs = [(run, 1.0) for run in plus] + [(run, -1.0) for run in minus]
+    reps = [_sample_reps(run) for run, _ in runs]
+    differences = []
+    started = time.perf_counter()
+    for _ in range(samples):
+        difference = 0.0
+        for (run, sign), r in zip(runs, reps, strict=True):
+            t0 = time.perf_counter()
+            run(r)
+            difference += sign * (time.perf_counter() - t0) / r
+        differences.append(difference)
+        if len(differences) >= 3 and time.perf_counter() - started > MAX_PHASE_SECONDS:
+            break
+    return statistics.median(differences)
 
 
 def python_loop(fn: Callable[[], object]) -> Callable[[int], None]:
@@ -403,18 +439,19 @@ class Breakdown:
         self.phases.append(Phase(stage, name, seconds, category, flop, indent))
         return seconds
 
-    def _packing(self, stage, panels, Wh, transposed) -> float:
+    def _packing(self, stage, panels, Wh, transposed) -> list[Callable[[int], object]]:
         """Time the kernel's packing of ``Wh`` (``Wh.T``) into ``panels`` as a line, if the
-        plan packs; returns seconds per call (0 if not)."""
+        plan packs; returns the timed run in a list (empty if the plan does not pack)."""
         if not panels.shape[0]:
-            return 0.0
+            return []
         gru = self.layer == "TimeGRU"
-        return self.add(
-            stage,
-            f"pack {'Wh.T' if transposed else 'Wh'} into panels (in the kernel)",
-            lambda r: kernels.repeat_pack(r, panels, Wh, transposed, gru),
-            "copies",
-        )
+
+        def run(reps):
+            kernels.repeat_pack(reps, panels, Wh, transposed, gru)
+
+        name = f"pack {'Wh.T' if transposed else 'Wh'} into panels (in the kernel)"
+        self.add(stage, name, run, "copies")
+        return [run]
 
     def run(self) -> list[Phase]:
         """Every line: forward phases, backward phases, then totals."""
@@ -465,22 +502,13 @@ class Breakdown:
         )
         # The kernel itself copies xs into its time-major workspace; timed here as NumPy's
         # copy of the same, and taken out of the kernel's element-wise share below.
-        copy_in = self.add(
-            f,
-            "xs -> time-major copy (in the kernel)",
-            python_loop(lambda: np.copyto(xs_tm, xs.transpose(1, 0, 2), casting="same_kind")),
-            "copies",
-        )
+        copy_run = python_loop(lambda: np.copyto(xs_tm, xs.transpose(1, 0, 2), casting="same_kind"))
+        self.add(f, "xs -> time-major copy (in the kernel)", copy_run, "copies")
         pre_scratch = _scratch(pre)
         pre2d = pre_scratch.reshape((rows, G * H))
         x2d = xs_tm.reshape((rows, D))
-        projection = self.add(
-            f,
-            "GEMM input projection xs @ Wx",
-            lambda r: _repeat_gemm(r, pre2d, x2d, Wx, False, False, False),
-            "GEMM",
-            2 * rows * D * G * H,
-        )
+        projection_run = lambda r: _repeat_gemm(r, pre2d, x2d, Wx, False, False, False)  # noqa: E731
+        self.add(f, "GEMM input projection xs @ Wx", projection_run, "GEMM", 2 * rows * D * G * H)
         # The planner's choice of orientation, as the layer's forward made it.
         N = xs_tm.shape[1]
         routes = fast_routes(fast)
@@ -489,35 +517,30 @@ class Breakdown:
         else:
             WhT, scratchT = np.empty((0, H), Wh.dtype), np.empty((0, N), Wh.dtype)
         panels, pool = packed_weights(layer, routes.forward_packs, Wh, transposed=False)
-        packing = self._packing(f, panels, Wh, transposed=False)
+        packing_runs = self._packing(f, panels, Wh, transposed=False)
         if layer == "TimeGRU":
             rh = act["rh"]
-            recurrent = self.add(
-                f,
-                f"GEMM recurrent h @ Wh ({2 * T} calls)",
-                lambda r: _repeat_gru_forward_recurrent_gemms(
-                    r, pre_scratch, h_hist, rh, Wh, WhT, scratchT, panels, pool
-                ),
-                "GEMM",
-                2 * rows * H * G * H,
+            recurrent_run = lambda r: _repeat_gru_forward_recurrent_gemms(  # noqa: E731
+                r, pre_scratch, h_hist, rh, Wh, WhT, scratchT, panels, pool
             )
+            recurrent_name = f"GEMM recurrent h @ Wh ({2 * T} calls)"
         else:
-            recurrent = self.add(
-                f,
-                f"GEMM recurrent h @ Wh ({T} calls{', packed' if panels.shape[0] else ''})",
-                lambda r: _repeat_forward_recurrent_gemms(
-                    r, pre_scratch, h_hist, Wh, WhT, scratchT, panels, pool
-                ),
-                "GEMM",
-                2 * rows * H * G * H,
+            recurrent_run = lambda r: _repeat_forward_recurrent_gemms(  # noqa: E731
+                r, pre_scratch, h_hist, Wh, WhT, scratchT, panels, pool
             )
+            recurrent_name = (
+                f"GEMM recurrent h @ Wh ({T} calls{', packed' if panels.shape[0] else ''})"
+            )
+        self.add(f, recurrent_name, recurrent_run, "GEMM", 2 * rows * H * G * H)
         call = self.forward_call
-        kernel = self.time(lambda r: _repeat_kernel(r, call.kernel, call.args))
+        kernel_run = lambda r: _repeat_kernel(r, call.kernel, call.args)  # noqa: E731
+        kernel = self.time(kernel_run)
+        parts = [projection_run, recurrent_run, copy_run, *packing_runs]
         self.phases.append(
             Phase(
                 f,
                 "cell element-wise (kernel total - its GEMMs, the copy and the packing)",
-                kernel - projection - recurrent - copy_in - packing,
+                interleaved_difference([kernel_run], parts, self.samples),
                 "element-wise",
             )
         )
@@ -585,34 +608,30 @@ class Breakdown:
         else:
             WhT = np.empty((0, H), dtype)
         panels, pool = packed_weights(layer, routes.backward_packs, Wh, transposed=True)
-        packing = self._packing(b, panels, Wh, transposed=True)
+        packing_runs = self._packing(b, panels, Wh, transposed=True)
         if layer == "TimeGRU":
-            recurrent = self.add(
-                b,
-                f"GEMM recurrent dA @ Wh.T ({2 * T} calls, via _backprop_to_state)",
-                lambda r: _repeat_gru_backward_recurrent_products(
-                    r, dh_s, dhr_s, dhT_s, dA, Wh, WhT, routes.backward_code, panels, pool
-                ),
-                "GEMM",
-                flop_recurrent,
+            recurrent_run = lambda r: _repeat_gru_backward_recurrent_products(  # noqa: E731
+                r, dh_s, dhr_s, dhT_s, dA, Wh, WhT, routes.backward_code, panels, pool
             )
+            recurrent_name = f"GEMM recurrent dA @ Wh.T ({2 * T} calls, via _backprop_to_state)"
         else:
-            recurrent = self.add(
-                b,
-                f"GEMM recurrent dA @ Wh.T ({T} calls, via _backprop_to_state"
-                f"{', packed' if panels.shape[0] else ''})",
-                lambda r: _repeat_backward_recurrent_products(
-                    r, dh_s, dhT_s, dA, Wh, WhT, routes.backward_code, panels, pool
-                ),
-                "GEMM",
-                flop_recurrent,
+            recurrent_run = lambda r: _repeat_backward_recurrent_products(  # noqa: E731
+                r, dh_s, dhT_s, dA, Wh, WhT, routes.backward_code, panels, pool
             )
+            recurrent_name = (
+                f"GEMM recurrent dA @ Wh.T ({T} calls, via _backprop_to_state"
+                f"{', packed' if panels.shape[0] else ''})"
+            )
+        self.add(b, recurrent_name, recurrent_run, "GEMM", flop_recurrent)
         dxs2d = _scratch(dxs_tm).reshape((rows, D))
         dWx_s, dWh_s, db_s = (_scratch(g) for g in fast.grads[:3])
-        input_side = self.add(
+        input_side_run = lambda r: _repeat_input_side_grads(  # noqa: E731
+            r, dxs2d, dWx_s, db_s, dA2d, x2d, Wx
+        )
+        self.add(
             b,
             "input-side grads (_input_side_grads)",
-            lambda r: _repeat_input_side_grads(r, dxs2d, dWx_s, db_s, dA2d, x2d, Wx),
+            input_side_run,
             "GEMM",
             2 * flop_projection,
         )
@@ -636,21 +655,21 @@ class Breakdown:
             weight_grad = lambda r: _repeat_gru_recurrent_weight_grad(r, dWh_s, h_hist, rh, dA)  # noqa: E731
         else:
             weight_grad = lambda r: _repeat_recurrent_weight_grad(r, dWh_s, h_hist, dA)  # noqa: E731
-        dWh_time = self.add(b, "GEMM dWh = h.T @ dA", weight_grad, "GEMM", flop_recurrent)
+        self.add(b, "GEMM dWh = h.T @ dA", weight_grad, "GEMM", flop_recurrent)
 
         call = self.backward_call
         targets, sources = _overwritten_inputs(call, refilled)
-        restore = self.time(lambda r: _repeat_restore(r, targets, sources))
-        restored_kernel = self.time(
-            lambda r: _repeat_kernel_restored(r, call.kernel, call.args, targets, sources)
+        restore_run = lambda r: _repeat_restore(r, targets, sources)  # noqa: E731
+        restored_kernel_run = lambda r: _repeat_kernel_restored(  # noqa: E731
+            r, call.kernel, call.args, targets, sources
         )
-        kernel = restored_kernel - restore
-        gemms = recurrent + input_side + dWh_time
+        kernel = interleaved_difference([restored_kernel_run], [restore_run], self.samples)
+        parts = [restore_run, recurrent_run, input_side_run, weight_grad, *packing_runs]
         self.phases.append(
             Phase(
                 b,
                 "cell element-wise (kernel total - its GEMMs and the packing)",
-                kernel - gemms - packing,
+                interleaved_difference([restored_kernel_run], parts, self.samples),
                 "element-wise",
             )
         )
