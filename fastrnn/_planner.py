@@ -5,7 +5,7 @@ The recurrent layers make two small products per time step: ``h @ Wh`` (forward)
 their orientation, the shape, the library's build and the CPU: measured on three machines,
 the best choice moved between them. So, as FFTW's planner and cuDNN's benchmark mode do,
 the first time a layer meets a (gates, batch, hidden size, dtype) combination the candidates
-are timed on this machine, and the fastest is kept for the rest of the process:
+are timed on this machine, and the fastest is kept (timed once more a few seconds later, below):
 
 * forward: ``direct`` (``A += h @ Wh``), ``transposed`` (``(Wh.T @ h.T).T`` against a
   contiguous copy of ``Wh.T``, made on every call so that in-place updates are seen) or
@@ -18,9 +18,17 @@ are timed on this machine, and the fastest is kept for the rest of the process:
 A route that needs a copy of ``Wh.T`` or the panels pays for it once per call, so the
 choice for a sequence of ``T`` steps weighs ``T`` products against one copy. A GRU step
 makes two products, with ``Wh[:, :2H]`` and with ``Wh[:, 2H:]``, and is timed so. Timing a
-combination costs a few tens of milliseconds once (each candidate repeated for about 1 ms, five
+combination costs a few tens of milliseconds (each candidate repeated for about 1 ms, five
 interleaved rounds, the fastest round kept, which is robust to a moment of load from
 elsewhere).
+
+The first timing usually falls in a model's first training step, right after compilation,
+first allocations and whatever the program did before, when products can run 1.5-2x slower
+for a second or so, and not all candidates alike. So the planner takes one second look
+:data:`SECOND_LOOK_SECONDS` later, at the next layer call: it times the candidates again,
+keeps the faster time of the two per candidate, and chooses again. A route can therefore
+change once per shape, a few seconds into a process (and with it the last bits of the
+results); pinning (below) avoids both timings.
 
 A batch of one always runs ``direct``: the products are matrix-vector products then.
 
@@ -43,7 +51,16 @@ import numpy as np
 from . import _kernels as kernels
 from . import _tiles as tiles
 
-__all__ = ["Plan", "PLAN_VARIABLE", "forget", "generation", "pin", "plan", "plans"]
+__all__ = [
+    "Plan",
+    "PLAN_VARIABLE",
+    "SECOND_LOOK_SECONDS",
+    "forget",
+    "generation",
+    "pin",
+    "plan",
+    "plans",
+]
 
 PLAN_VARIABLE = "FASTRNN_PLAN"
 FORWARD_ROUTES = ("direct", "transposed", "packed")
@@ -67,7 +84,9 @@ class Plan:
     backward : str
         One of :data:`BACKWARD_ROUTES`.
     source : str
-        ``"measured"``, ``"static"``, ``"pinned"`` or ``"batch of one"``.
+        ``"measured"`` (``"measured twice"`` after the second look), ``"static"``,
+        ``"pinned"``, ``"pinned+measured"`` (``"pinned+measured twice"``), ``"batch of
+        one"`` or ``"empty"``.
     """
 
     forward: str
@@ -157,6 +176,16 @@ def static_plan(gates: int, N: int, T: int, H: int) -> Plan:
 #: took 18.8-25 ms per call against 11.2-13.9 packed; 1 of 8 with these settings.
 _ROUND_SECONDS = 1e-3
 _ROUNDS = 5
+
+#: Seconds from a shape's first timing to the planner's second look. Timed inside the first
+#: training step of AttentionSeq2seq (N = 128, H = 256), right after a step of the book's
+#: model, the candidates took 1.5-2x as long as in a quiet process and came out in another
+#: order; five processes chose four different route pairs, whose steps differed by up to 16%
+#: (AMD EPYC Zen 4). Products ran slow for about 1.3 s after such a step.
+SECOND_LOOK_SECONDS = 3.0
+
+# The planner's clock (replaced in the tests).
+_now = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -266,6 +295,21 @@ def measure(gates: int, N: int, H: int, dtype) -> StepTimes:
     return StepTimes(forward, backward, copy_time, pack_costs)
 
 
+def fastest_of(first: StepTimes, second: StepTimes) -> StepTimes:
+    """Per candidate (and per copy and packing), the faster of two timings: load from
+    elsewhere only ever slows a timing down."""
+
+    def faster(a: dict, b: dict) -> dict:
+        return {route: min(a[route], b.get(route, math.inf)) for route in a}
+
+    return StepTimes(
+        faster(first.forward, second.forward),
+        faster(first.backward, second.backward),
+        min(first.copy, second.copy),
+        tuple(min(a, b) for a, b in zip(first.pack, second.pack, strict=True)),
+    )
+
+
 #: The packed route's time per step is weighed this much heavier. Timed alone, its panels
 #: stay in the caches and the BLAS library's workers stay awake, which a layer's steps,
 #: with element-wise work between the products, do not keep up as well: where the packed
@@ -290,13 +334,16 @@ def choose(times: StepTimes, T: int) -> tuple[str, str]:
 
 
 class _Planner:
-    """Plans per (gates, N, H, dtype), measured once per process; thread-safe."""
+    """Plans per (gates, N, T, H, dtype), timed per (gates, N, H, dtype): once when first
+    met, once more :data:`SECOND_LOOK_SECONDS` later; thread-safe."""
 
     def __init__(self, pins: str):
         self._times: dict[tuple, StepTimes] = {}
         self._chosen: dict[tuple, Plan] = {}
+        self._second_looks: dict[tuple, float] = {}  # timing key -> when it is due
+        self._next_look = math.inf  # the earliest of them, read without the lock
         self._lock = threading.Lock()
-        self.generation = 0  # counts pin() and forget(): plans made before are stale
+        self.generation = 0  # counts route changes: plans made before are stale
         self.pin(pins)
 
     def pin(self, text: str) -> None:
@@ -317,30 +364,75 @@ class _Planner:
         elif len(pins) == 2:
             chosen = Plan(pins["forward"], pins["backward"], "pinned")
         else:
-            forward, backward = choose(self._step_times(gates, N, H, dtype), T)
-            chosen = Plan(
-                pins.get("forward", forward),
-                pins.get("backward", backward),
-                "pinned+measured" if pins else "measured",
-            )
+            # Under the lock, so that a second look cannot slip in between reading the
+            # times and recording the choice (one thread times; the others wait for it).
+            with self._lock:
+                chosen = self._chosen.get(key)
+                if chosen is None:
+                    timing_key = key[:2] + key[3:]
+                    times = self._step_times(timing_key)
+                    twice = timing_key not in self._second_looks
+                    chosen = self._chosen[key] = self._choose(key, times, twice)
+            return chosen
         self._chosen[key] = chosen
         return chosen
 
-    def _step_times(self, gates, N, H, dtype) -> StepTimes:
-        key = (gates, N, H, np.dtype(dtype).str)
-        with self._lock:  # one thread measures; the others wait for its result
-            times = self._times.get(key)
-            if times is None:
-                times = self._times[key] = measure(gates, N, H, dtype)
+    def _choose(self, key: tuple, times: StepTimes, twice: bool = False) -> Plan:
+        forward, backward = choose(times, key[2])
+        pins = self._pins
+        source = "pinned+measured" if pins else "measured"
+        return Plan(
+            pins.get("forward", forward),
+            pins.get("backward", backward),
+            f"{source} twice" if twice else source,
+        )
+
+    def _step_times(self, timing_key: tuple) -> StepTimes:
+        """The timing of (gates, N, H, dtype); the caller holds the lock."""
+        times = self._times.get(timing_key)
+        if times is None:
+            gates, N, H, dtype = timing_key
+            times = self._times[timing_key] = measure(gates, N, H, np.dtype(dtype))
+            due = _now() + SECOND_LOOK_SECONDS
+            self._second_looks[timing_key] = due
+            self._next_look = min(self._next_look, due)
         return times
+
+    def take_second_looks(self) -> None:
+        """Time again the shapes whose second look is due, keep the faster time per
+        candidate, and choose again; a changed route counts a new generation."""
+        if _now() < self._next_look:
+            return
+        with self._lock:
+            now = _now()
+            due = [key for key, when in self._second_looks.items() if when <= now]
+            for timing_key in due:
+                del self._second_looks[timing_key]  # never retried, even if timing fails
+                gates, N, H, dtype = timing_key
+                again = measure(gates, N, H, np.dtype(dtype))
+                self._times[timing_key] = fastest_of(self._times[timing_key], again)
+            self._next_look = min(self._second_looks.values(), default=math.inf)
+            looked = set(due)
+            changed = False
+            for key, old in list(self._chosen.items()):
+                if key[:2] + key[3:] not in looked or "measured" not in old.source:
+                    continue
+                new = self._choose(key, self._times[key[:2] + key[3:]], twice=True)
+                self._chosen[key] = new
+                changed |= (new.forward, new.backward) != (old.forward, old.backward)
+            if changed:
+                self.generation += 1
 
     def plans(self) -> dict:
         return dict(self._chosen)
 
     def forget(self) -> None:
-        self._chosen.clear()
-        self._times.clear()
-        self.generation += 1
+        with self._lock:
+            self._chosen.clear()
+            self._times.clear()
+            self._second_looks.clear()
+            self._next_look = math.inf
+            self.generation += 1
 
 
 _PLANNER = _Planner(os.environ.get(PLAN_VARIABLE, ""))
@@ -349,14 +441,17 @@ _PLANNER = _Planner(os.environ.get(PLAN_VARIABLE, ""))
 def plan(gates: int, N: int, T: int, H: int, dtype) -> Plan:
     """The plan for a layer with ``gates`` gate blocks over ``N`` x ``T`` steps of size ``H``.
 
-    Measured the first time (gates, N, H, dtype) is seen, unless pinned.
+    Measured the first time (gates, N, H, dtype) is seen, unless pinned, and once more
+    :data:`SECOND_LOOK_SECONDS` later (see :func:`generation`).
     """
     return _PLANNER.plan(gates, N, T, H, dtype)
 
 
 def generation() -> int:
-    """Changes whenever plans made so far may no longer hold (:func:`pin`, :func:`forget`),
-    so that callers that keep a plan know when to ask again."""
+    """Changes whenever plans made so far may no longer hold (:func:`pin`, :func:`forget`,
+    a route changed by a second look), so that callers that keep a plan know when to ask
+    again. Layers call it on every forward: it is where a due second look is taken."""
+    _PLANNER.take_second_looks()
     return _PLANNER.generation
 
 

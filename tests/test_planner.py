@@ -12,12 +12,14 @@ import os
 import subprocess
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
+from _support import assert_close
 
 import fastrnn
-from fastrnn import _planner
+from fastrnn import _planner, reference
 from fastrnn._planner import StepTimes
 
 
@@ -206,3 +208,169 @@ def test_layers_record_their_plan(planner, rng):
     layer = fastrnn.TimeLSTM(*[0.1 * rng.standard_normal(s) for s in ((3, 8), (2, 8), (8,))])
     layer.forward(rng.standard_normal((4, 6, 3)))
     assert (4, 4, 6, 2, "<f8") in planner.plans()
+
+
+# --------------------------------------------------------------------------------------
+# The second look
+# --------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """A planner clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def second_look(planner, monkeypatch):
+    """The planner with a hand-moved clock, a second look 10 s after a first timing, and
+    ``measure`` returning the timings queued in ``looks.timings`` (recorded in
+    ``looks.calls``)."""
+    clock = _Clock()
+    monkeypatch.setattr(planner, "_now", clock)
+    monkeypatch.setattr(planner, "SECOND_LOOK_SECONDS", 10.0)
+    looks = types.SimpleNamespace(clock=clock, timings=[], calls=[])
+
+    def fake_measure(*args):
+        looks.calls.append(args)
+        return looks.timings.pop(0)
+
+    monkeypatch.setattr(planner, "measure", fake_measure)
+    return looks
+
+
+# Disturbed: every route slow, packed the most (as timed inside a first training step).
+_DISTURBED = _times((3.0, 4.0, 3.5), (3.0, 4.0, 3.2, 3.6), copy=1.0, pack=(1.0, 1.0))
+# Quiet: packed fastest by far, the others as fast as they got.
+_QUIET = _times((2.0, 3.0, 1.0), (2.0, 3.0, 2.5, 1.0), copy=0.5, pack=(0.2, 0.3))
+
+
+def test_fastest_of_takes_the_minimum_per_candidate():
+    merged = _planner.fastest_of(_DISTURBED, _QUIET)
+    assert merged.forward == {"direct": 2.0, "transposed": 3.0, "packed": 1.0}
+    assert merged.backward == {"direct": 2.0, "scratch": 3.0, "transposed": 2.5, "packed": 1.0}
+    assert (merged.copy, merged.pack) == (0.5, (0.2, 0.3))
+    one_faster = _times((1.0, 9.0, 9.0), (1.0, 9.0, 9.0, 9.0), copy=9.0, pack=(9.0, 9.0))
+    assert _planner.fastest_of(one_faster, _QUIET).forward["direct"] == 1.0
+
+
+def test_second_look_times_again_keeps_the_faster_and_chooses_again(second_look):
+    planner, looks = _planner, second_look
+    looks.timings += [_DISTURBED, _QUIET]
+    first = planner.plan(4, 20, 30, 16, np.float32)
+    assert (first.forward, first.backward, first.source) == ("direct", "direct", "measured")
+    before = planner.generation()
+    looks.clock.now += 9.9  # not yet due
+    assert planner.generation() == before
+    assert len(looks.calls) == 1
+    looks.clock.now += 0.2
+    after = planner.generation()  # due: the call that takes it
+    assert after != before
+    assert looks.calls == [(4, 20, 16, np.dtype(np.float32))] * 2
+    again = planner.plan(4, 20, 30, 16, np.float32)
+    assert (again.forward, again.backward, again.source) == ("packed", "packed", "measured twice")
+    # another T later: the merged timings, no third timing
+    assert planner.plan(4, 20, 3, 16, np.float32).source == "measured twice"
+    looks.clock.now += 1000
+    assert planner.generation() == after
+    assert len(looks.calls) == 2
+
+
+def test_second_look_that_confirms_the_routes_keeps_the_generation(second_look):
+    planner, looks = _planner, second_look
+    looks.timings += [_QUIET, _DISTURBED]  # slower everywhere the second time
+    first = planner.plan(4, 20, 30, 16, np.float32)
+    before = planner.generation()
+    looks.clock.now += 10
+    assert planner.generation() == before  # taken, but nothing changed: layers keep views
+    again = planner.plan(4, 20, 30, 16, np.float32)
+    assert (again.forward, again.backward) == (first.forward, first.backward) == ("packed",) * 2
+    assert again.source == "measured twice"
+    assert len(looks.calls) == 2
+
+
+def test_second_looks_follow_each_shape_and_keep_pins(second_look):
+    planner, looks = _planner, second_look
+    planner.pin("backward=scratch")
+    looks.timings += [_DISTURBED]
+    assert planner.plan(4, 20, 30, 16, np.float32).source == "pinned+measured"
+    looks.clock.now += 6
+    looks.timings += [_DISTURBED]
+    planner.plan(1, 8, 30, 16, np.float64)  # another shape, due 6 s later
+    looks.timings += [_QUIET]
+    looks.clock.now += 4
+    planner.generation()  # the first shape's look only
+    assert [call[:3] for call in looks.calls] == [(4, 20, 16), (1, 8, 16), (4, 20, 16)]
+    chosen = planner.plan(4, 20, 30, 16, np.float32)
+    assert (chosen.forward, chosen.backward) == ("packed", "scratch")  # the pin holds
+    assert chosen.source == "pinned+measured twice"
+    assert planner.plan(1, 8, 30, 16, np.float64).source == "pinned+measured"
+    looks.timings += [_QUIET]
+    looks.clock.now += 6
+    planner.generation()
+    assert len(looks.calls) == 4
+    assert planner.plan(1, 8, 30, 16, np.float64).forward == "packed"
+
+
+def test_forget_cancels_the_second_look(second_look):
+    planner, looks = _planner, second_look
+    looks.timings += [_DISTURBED]
+    planner.plan(4, 20, 30, 16, np.float32)
+    planner.forget()
+    looks.clock.now += 100
+    planner.generation()
+    assert len(looks.calls) == 1
+
+
+def test_threads_share_one_second_look(second_look):
+    planner, looks = _planner, second_look
+    looks.timings += [_DISTURBED, _QUIET]
+    planner.plan(4, 20, 30, 16, np.float32)
+    looks.clock.now += 10
+    barrier = threading.Barrier(4)
+    seen = []
+
+    def worker():
+        barrier.wait()
+        seen.append(planner.generation())
+        seen.append(planner.plan(4, 20, 30, 16, np.float32).forward)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(looks.calls) == 2  # a third timing would pop from an empty queue
+    assert set(seen[1::2]) == {"packed"}
+    assert len(set(seen[::2])) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_takes_the_new_routes_after_the_second_look(second_look, rng, dtype):
+    looks = second_look
+    looks.timings += [_DISTURBED, _QUIET]
+    shapes = ((3, 16), (4, 16), (16,))
+    weights = [(0.3 * rng.standard_normal(s)).astype(dtype) for s in shapes]
+    fast = fastrnn.TimeLSTM(*[w.copy() for w in weights], stateful=True)
+    ref = reference.TimeLSTM(*[w.copy() for w in weights], stateful=True)
+    routes = []
+    for _ in range(3):
+        xs = rng.standard_normal((20, 30, 3)).astype(dtype)
+        dhs = rng.standard_normal((20, 30, 4)).astype(dtype)
+        hs = fast.forward(xs)
+        routes.append(fast._engine.saved["routes"])
+        dxs = fast.backward(dhs)
+        assert_close(hs, ref.forward(xs))
+        assert_close(dxs, ref.backward(dhs))
+        for g, r in zip(fast.grads, ref.grads, strict=True):
+            assert_close(g, r)
+        looks.clock.now += 6
+    assert [(r.forward, r.backward) for r in routes] == [
+        ("direct", "direct"),
+        ("direct", "direct"),
+        ("packed", "packed"),  # the second look, taken as the third forward began
+    ]
