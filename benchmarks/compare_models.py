@@ -70,6 +70,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from book_models import (
     MODELS,
     VARIANTS,
@@ -84,6 +85,7 @@ from book_models import (
     profile_steps,
 )
 
+from fastrnn import _planner
 from fastrnn._cli import (
     BUSY_THRESHOLD,
     ForeignLoad,
@@ -290,6 +292,26 @@ def machine_lines(blas_limit: int | None) -> list[str]:
         settings.append(f"--blas-threads {blas_limit}")
     lines.append(f"- Settings: {', '.join(settings)}")
     return lines
+
+
+_CELLS = {1: "RNN", 3: "GRU", 4: "LSTM"}
+
+
+def planner_line(plans: dict) -> str | None:
+    """The routes the planner chose for the per-step products (``fastrnn._planner.plans()``),
+    one item per layer shape that was timed or pinned, or None when there is none."""
+    items = []
+    for (gates, N, T, H, dtype), chosen in sorted(plans.items()):
+        if chosen.source in ("batch of one", "empty"):
+            continue
+        cell = _CELLS.get(gates, f"{gates} gates")
+        items.append(
+            f"{cell} N={N} T={T} H={H} {np.dtype(dtype).name}: "
+            f"{chosen.forward}/{chosen.backward} ({chosen.source})"
+        )
+    if not items:
+        return None
+    return "Planner routes (forward/backward per-step products): " + "; ".join(items) + "."
 
 
 def results_table(results: list[ModelResult], impls: list[str]) -> str:
@@ -547,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     loads = [f"{r.model} {r.foreign_load:.2f}" for r in results if r.foreign_load is not None]
     if loads:
         print(f"\nOther load (cores): {', '.join(loads)}. Total run time {elapsed:.0f} s.")
+    routes = planner_line(_planner.plans())
+    if routes:
+        print(f"\n{routes}")
     if steps:
         print(f"\n## Where a training step's time goes (median of {steps} profiled steps)")
         for r in results:
