@@ -411,7 +411,6 @@ class _Planner:
                 gates, N, H, dtype = timing_key
                 again = measure(gates, N, H, np.dtype(dtype))
                 self._times[timing_key] = fastest_of(self._times[timing_key], again)
-            self._next_look = min(self._second_looks.values(), default=math.inf)
             looked = set(due)
             changed = False
             for key, old in list(self._chosen.items()):
@@ -422,6 +421,8 @@ class _Planner:
                 changed |= (new.forward, new.backward) != (old.forward, old.backward)
             if changed:
                 self.generation += 1
+            # Last: until now, callers of generation() wait here for the new plans.
+            self._next_look = min(self._second_looks.values(), default=math.inf)
 
     def plans(self) -> dict:
         return dict(self._chosen)
