@@ -406,6 +406,10 @@ class _Planner:
         with self._lock:
             now = _now()
             due = [key for key, when in self._second_looks.items() if when <= now]
+            if self._static or len(self._pins) == 2:  # pinned since: no timing is used
+                for timing_key in due:
+                    del self._second_looks[timing_key]
+                due = []
             for timing_key in due:
                 del self._second_looks[timing_key]  # never retried, even if timing fails
                 gates, N, H, dtype = timing_key

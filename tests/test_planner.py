@@ -316,6 +316,18 @@ def test_second_looks_follow_each_shape_and_keep_pins(second_look):
     assert planner.plan(1, 8, 30, 16, np.float64).forward == "packed"
 
 
+@pytest.mark.parametrize("pins", ["static", "forward=direct,backward=scratch"])
+def test_no_second_look_once_both_directions_are_pinned(second_look, pins):
+    planner, looks = _planner, second_look
+    looks.timings += [_DISTURBED]
+    planner.plan(4, 20, 30, 16, np.float32)
+    planner.pin(pins)
+    looks.clock.now += 100
+    planner.generation()
+    assert len(looks.calls) == 1
+    assert planner.plan(4, 20, 30, 16, np.float32).source in ("static", "pinned")
+
+
 def test_forget_cancels_the_second_look(second_look):
     planner, looks = _planner, second_look
     looks.timings += [_DISTURBED]
