@@ -20,7 +20,8 @@ Conventions
 * Argument order: outputs and saved activations first, then inputs and parameters.
 * The products that do not depend on the recurrence (``xs @ Wx``, ``dWx``, ``dWh``,
   ``dxs``) are single large GEMMs outside the time loop; only ``h @ Wh`` and
-  ``dA @ Wh.T`` stay inside it.
+  ``dA @ Wh.T`` stay inside it. From a zero initial state, the first step's ``h @ Wh`` and
+  the first ``N`` rows of ``dWh`` are left out (:func:`_adds_nothing`).
 * Every matrix product calls NumPy's own BLAS (:mod:`fastrnn._blas`), so the user's NumPy
   products and fastrnn's share one thread pool. fastrnn's own parallel work (packed
   products, the rows of an LSTM or GRU step: :func:`lstm_cell_worker`,
@@ -173,11 +174,67 @@ def _input_side_grads(dxs2d, dWx, db, dA2d, x2d, Wx):
 
 
 @helper
+def _all_zero(a):
+    """Whether every element of the 2-D ``a`` is zero (of either sign); stops at the first
+    row that is not."""
+    for i in range(a.shape[0]):
+        row = a[i]
+        nonzero = False
+        for j in range(row.shape[0]):  # a reduction without an exit: it vectorises
+            nonzero |= row[j] != 0
+        if nonzero:
+            return False
+    return True
+
+
+@helper
+def _all_finite(a):
+    """Whether the 2-D ``a`` holds no NaN and no infinity. A comparison, not arithmetic:
+    under ``reassoc`` a sum of ``v - v`` may be folded to zero, NaN or not."""
+    finite = True
+    for i in range(a.shape[0]):
+        row = a[i]
+        for j in range(row.shape[0]):
+            finite &= abs(row[j]) < np.inf  # False for NaN and for either infinity
+    return finite
+
+
+@helper
+def _adds_nothing(h, W):
+    """Whether the product ``h @ W`` (or ``h.T @ W``) is all zeros and may be left out: ``h``
+    is zero and ``W`` finite (``0 * inf`` and ``0 * NaN`` are NaN, which must propagate).
+
+    A sequence that starts from no state (the book's encoders, every non-stateful call)
+    starts from ``h = 0``: its first recurrent product, and the first ``N`` rows of ``dWh``,
+    are zeros."""
+    return _all_zero(h) and _all_finite(W)
+
+
+@helper
+def _skipped_steps(h0, W):
+    """1 when the first step's product with the state ``h0`` adds nothing, else 0."""
+    return 1 if h0.shape[0] != 0 and _adds_nothing(h0, W) else 0
+
+
+@helper
+def _state_weight_grad(dW, h_rows, dA_rows, first):
+    """``dW = h_rows[first:].T @ dA_rows[first:]`` over (rows, .) matrices; zeros when no
+    row is left."""
+    rows = h_rows.shape[0] - first
+    if rows == 0 or dW.shape[0] == 0:
+        dW[:, :] = 0
+        return
+    gemm(dW, h_rows[first:], dA_rows[first:], True, False, False)
+
+
+@helper
 def _recurrent_weight_grad(dWh, h_hist, dA):
-    """``dWh = sum_t h_{t-1}.T @ dA_t`` as one product over all ``T * N`` rows."""
+    """``dWh = sum_t h_{t-1}.T @ dA_t`` as one product over the ``T * N`` rows, less the
+    first step's ``N`` when the initial state is zero (they add nothing)."""
     T, N, G = dA.shape
     H = h_hist.shape[2]
-    gemm(dWh, h_hist[:T].reshape((T * N, H)), dA.reshape((T * N, G)), True, False, False)
+    first = N if T > 0 and _adds_nothing(h_hist[0], dA[0]) else 0
+    _state_weight_grad(dWh, h_hist[:T].reshape((T * N, H)), dA.reshape((T * N, G)), first)
 
 
 # The element-wise loops below run row by row, over gate blocks taken as slice views
@@ -228,8 +285,10 @@ def rnn_forward(hs, h_hist, scratchT, xs_tm, xs, h0, Wx, Wh, b, WhT, panels, poo
     if panels.shape[0] != 0:
         pack_panels(panels, Wh, False)
     gemm(h_hist[1:].reshape((T * N, H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
+    skipped = _skipped_steps(h_hist[0], Wh)
     for t in range(T):
-        _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT, panels, pool)
+        if t >= skipped:
+            _recurrent_product(h_hist[t + 1], h_hist[t], Wh, WhT, scratchT, panels, pool)
         for n in range(N):
             h, out = h_hist[t + 1, n], hs[n, t]
             for j in range(H):
@@ -492,8 +551,10 @@ def lstm_forward(
     if panels.shape[0] != 0:
         pack_panels(panels, Wh, False)
     gemm(gates.reshape((T * N, 4 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
+    skipped = _skipped_steps(h_hist[0], Wh)
     for t in range(T):
-        _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT, panels, pool)
+        if t >= skipped:
+            _recurrent_product(gates[t], h_hist[t], Wh, WhT, scratchT, panels, pool)
         threads = split_threads(cell_pool, N)
         if threads <= 1:
             _lstm_forward_rows(hs, gates, c_hist, tanh_c, h_hist, b, t, 0, N)
@@ -827,16 +888,26 @@ def gru_forward(
     if panels.shape[0] != 0:
         _pack_gru(panels, Wh, False)
     gemm(gates.reshape((T * N, 3 * H)), xs_tm.reshape((T * N, D)), Wx, False, False, False)
+    # From a zero state, the first step's products add nothing (r * h is zero too).
+    skipped_zr = _skipped_steps(h_hist[0], Wh_zr)
     for t in range(T):
-        _recurrent_product(
-            gates[t, :, : 2 * H], h_hist[t], Wh_zr, WhT[: 2 * H], scratchT[: 2 * H], panels_zr, pool
-        )
+        if t >= skipped_zr:
+            _recurrent_product(
+                gates[t, :, : 2 * H],
+                h_hist[t],
+                Wh_zr,
+                WhT[: 2 * H],
+                scratchT[: 2 * H],
+                panels_zr,
+                pool,
+            )
         _run_gru_rows(
             cell_pool, GRU_GATES, t, hs, gates, rh, h_hist, b, no_dA, no_dh, no_dh, no_dhs
         )
-        _recurrent_product(
-            gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels_h, pool
-        )
+        if t > 0 or _skipped_steps(rh[0], Wh_h) == 0:
+            _recurrent_product(
+                gates[t, :, 2 * H :], rh[t], Wh_h, WhT[2 * H :], scratchT[2 * H :], panels_h, pool
+            )
         _run_gru_rows(
             cell_pool, GRU_STATE, t, hs, gates, rh, h_hist, b, no_dA, no_dh, no_dh, no_dhs
         )
@@ -903,8 +974,11 @@ def gru_backward(
     rows = T * N
     dA2d = dA.reshape((rows, 3 * H))
     _input_side_grads(dxs.reshape((rows, D)), dWx, db, dA2d, xs.reshape((rows, D)), Wx)
-    gemm(dWh[:, : 2 * H], h_hist[:T].reshape((rows, H)), dA2d[:, : 2 * H], True, False, False)
-    gemm(dWh[:, 2 * H :], rh.reshape((rows, H)), dA2d[:, 2 * H :], True, False, False)
+    # Less the first step's rows where its state, or r * h, is zero (they add nothing).
+    first_zr = N if T > 0 and _adds_nothing(h_hist[0], dA[0, :, : 2 * H]) else 0
+    first_h = N if T > 0 and _adds_nothing(rh[0], dA[0, :, 2 * H :]) else 0
+    _state_weight_grad(dWh[:, : 2 * H], h_hist[:T].reshape((rows, H)), dA2d[:, : 2 * H], first_zr)
+    _state_weight_grad(dWh[:, 2 * H :], rh.reshape((rows, H)), dA2d[:, 2 * H :], first_h)
 
 
 # --------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from _support import (
     FAMILY,
     TIME_KINDS,
     TOLERANCE,
+    assert_close,
     assert_threads_give_serial_results,
     make_params,
 )
@@ -935,3 +936,65 @@ result["probe_cache"] = type(probe.read._cache).__name__
     assert checked["caches"] == ["NullCache"]
     again = _run_child(body.replace("INDEX", "2"), env, cwd=tmp_path)
     assert (again["value"], again["hits"]) == (2.0, 1)  # the normal cache was left alone
+
+
+# --------------------------------------------------------------------------------------
+# Leaving out the products of a zero initial state
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_finite_and_zero_checks_see_every_special_value(dtype):
+    """The kernels leave out ``h0 @ Wh`` (and the first rows of ``dWh``) only when ``h0``
+    is zero and the other factor finite. Both checks compiled with the kernels' fast-math
+    flags: a NaN or an infinity anywhere, in any row, must be seen (a sum of ``v - v``
+    was folded to zero in float64 under ``reassoc``)."""
+    from fastrnn._kernels import _all_finite, _all_zero
+
+    big = np.finfo(dtype).max
+    base = np.full((3, 37), big, dtype=dtype)
+    base[1, 5] = -big
+    assert _all_finite(base)
+    assert _all_finite(base[:, ::2])  # strided views, as the GRU passes
+    for special in (np.nan, np.inf, -np.inf):
+        for position in [(0, 0), (1, 36), (2, 17)]:
+            a = base.copy()
+            a[position] = special
+            assert not _all_finite(a), (special, position)
+    zeros = np.zeros((4, 19), dtype=dtype)
+    zeros[2, 3] = -0.0
+    assert _all_zero(zeros)
+    for value in (np.finfo(dtype).smallest_subnormal, -1.0, np.nan, np.inf):
+        a = zeros.copy()
+        a[3, 18] = value
+        assert not _all_zero(a), value
+    assert _all_zero(zeros[:0]) and _all_finite(zeros[:0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kind", ["TimeRNN", "TimeLSTM", "TimeGRU"])
+@pytest.mark.parametrize("state", ["none", "zeros", "negative zeros", "one value"])
+def test_zero_initial_state_matches_the_reference(kind, dtype, state):
+    """No state, an explicit zero state (either sign) and a state that is zero but for one
+    value give the reference's outputs, state gradients and weight gradients."""
+    rng = np.random.default_rng(11)
+    D, H, N, T = 3, 5, 4, 6
+    params = all_params(rng, kind, D, H, dtype)
+    fast = build(fastrnn, kind, params, stateful=True)
+    ref = build(reference, kind, params, stateful=True)
+    if state != "none":
+        h0 = np.zeros((N, H), dtype=dtype)
+        if state == "negative zeros":
+            h0[:] = -0.0
+        elif state == "one value":  # in the last row checked: the whole state is read
+            h0[N - 1, H - 1] = 0.25
+        cells = [np.zeros_like(h0)] if kind == "TimeLSTM" else []
+        fast.set_state(h0.copy(), *[c.copy() for c in cells])
+        ref.set_state(h0.copy(), *[c.copy() for c in cells])
+    xs = rng.standard_normal((N, T, D)).astype(dtype)
+    dhs = rng.standard_normal((N, T, H)).astype(dtype)
+    assert_close(fast.forward(xs), ref.forward(xs))
+    assert_close(fast.backward(dhs), ref.backward(dhs))
+    assert_close(fast.dh, ref.dh)
+    for got, expected in zip(fast.grads, ref.grads, strict=True):
+        assert_close(got, expected)
