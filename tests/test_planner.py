@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -386,3 +387,42 @@ def test_layer_takes_the_new_routes_after_the_second_look(second_look, rng, dtyp
         ("direct", "direct"),
         ("packed", "packed"),  # the second look, taken as the third forward began
     ]
+
+
+@pytest.mark.slow
+def test_second_looks_taken_for_real_while_threads_train(planner, monkeypatch):
+    """The second look's real timing, taken inside layer calls while other threads run
+    their own layers (packed products on the same BLAS workers): every shape ends timed
+    twice, and every result matches the reference."""
+    monkeypatch.setattr(planner, "SECOND_LOOK_SECONDS", 0.05)
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        for step in range(8):
+            N, H, T = (8, 16, 24)[(seed + step) % 3], (16, 32)[step % 2], 5 + step % 4
+            params = [0.3 * rng.standard_normal(s) for s in ((3, 4 * H), (H, 4 * H), (4 * H,))]
+            params = [p.astype(np.float32) for p in params]
+            fast = fastrnn.TimeLSTM(*[p.copy() for p in params])
+            ref = reference.TimeLSTM(*[p.copy() for p in params])
+            xs = rng.standard_normal((N, T, 3)).astype(np.float32)
+            dhs = rng.standard_normal((N, T, H)).astype(np.float32)
+            try:
+                assert_close(fast.forward(xs), ref.forward(xs))
+                time.sleep(0.03)  # let second looks fall due between the calls
+                assert_close(fast.backward(dhs), ref.backward(dhs))
+                for got, expected in zip(fast.grads, ref.grads, strict=True):
+                    assert_close(got, expected)
+            except AssertionError as err:  # raised in the test thread below
+                errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.06)
+    planner.generation()  # the last shapes' looks
+    assert not errors, errors[0]
+    sources = {chosen.source for chosen in planner.plans().values()}
+    assert sources == {"measured twice"}
